@@ -1,0 +1,3 @@
+from kaggle_kit.cli import app
+
+app(prog_name="kit")

@@ -1,0 +1,111 @@
+"""Decode-once image cache: `data/<comp>/cache/<split>_<size>.npy` (N,H,W,3) uint8 + `.ids.txt`.
+
+Decoding a 32x32 PNG costs more than a small net's forward pass, so every image is decoded exactly
+once per (split, size) and training / prediction read the uint8 array (memory-mapped).
+Row i of the array is the image of line i of the ids file: train rows follow the label CSV,
+test rows follow sample_submission.csv. Ids are joined to files by name, never by listing order.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from kaggle_kit import KitError
+from kaggle_kit.workspace import CompetitionDir, atomic_path, write_text
+
+
+def cache_key(size: tuple[int, int] | None) -> str:
+    """'native' for images as shipped, else 'HxW' for images resized to that size."""
+    return "native" if size is None else f"{size[0]}x{size[1]}"
+
+
+def cache_paths(comp: CompetitionDir, split: str, size: tuple[int, int] | None) -> tuple[Path, Path]:
+    """(array path, ids path) of one cache entry."""
+    stem = f"{split}_{cache_key(size)}"
+    return comp.cache_dir / f"{stem}.npy", comp.cache_dir / f"{stem}.ids.txt"
+
+
+def decode_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one image to (H,W,3) uint8 RGB, resized (bilinear) to `size`=(H,W) if given."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if size is not None and im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except FileNotFoundError as e:
+        raise KitError(f"{path}: image missing; refetch with `kit fetch --force`") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise KitError(f"{path}: unreadable or truncated image ({e}); "
+                       "refetch with `kit fetch --force` or remove its row") from e
+
+
+def split_ids(comp: CompetitionDir, split: str) -> list[str]:
+    """Ids of a split in cache row order."""
+    if split == "train":
+        return comp.labels()["Id"].tolist()
+    if split == "test":
+        return comp.test_ids()
+    raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+
+
+def build_cache(comp: CompetitionDir, split: str, size: tuple[int, int] | None = None,
+                progress: bool = True) -> dict:
+    """Decode every image of `split` into the cache (skipped if already there). Returns info:
+    {"path", "n", "shape", "bytes", "decode_s", "built": bool}."""
+    arr_path, ids_path = cache_paths(comp, split, size)
+    if arr_path.exists() and ids_path.exists():
+        arr = np.load(arr_path, mmap_mode="r")
+        return {"path": str(arr_path), "n": int(arr.shape[0]), "shape": list(arr.shape),
+                "bytes": arr_path.stat().st_size, "decode_s": 0.0, "built": False}
+    ids = split_ids(comp, split)
+    t0 = time.perf_counter()
+    images = [decode_image(comp.image_path(split, i), size) for i in _progress(ids, split, progress)]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        hist = _size_histogram(images)
+        raise KitError(f"{comp.root}/{split}: images have mixed sizes {hist}; "
+                       "set data.image_size in the recipe so they are resized to one size")
+    arr = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
+    decode_s = time.perf_counter() - t0
+    with atomic_path(arr_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    write_text(ids_path, "\n".join(ids) + "\n")
+    return {"path": str(arr_path), "n": len(ids), "shape": list(arr.shape),
+            "bytes": arr_path.stat().st_size, "decode_s": round(decode_s, 3), "built": True}
+
+
+def load_cache(comp: CompetitionDir, split: str,
+               size: tuple[int, int] | None = None) -> tuple[list[str], np.ndarray]:
+    """(ids, images (N,H,W,3) uint8, memory-mapped) for a split; builds the cache if missing."""
+    arr_path, ids_path = cache_paths(comp, split, size)
+    if not arr_path.exists() or not ids_path.exists():
+        build_cache(comp, split, size, progress=False)
+    ids = ids_path.read_text().split()
+    arr = np.load(arr_path, mmap_mode="r")
+    if len(ids) != arr.shape[0]:
+        raise KitError(f"{arr_path}: cache is inconsistent ({len(ids)} ids, {arr.shape[0]} images);"
+                       f" delete {comp.cache_dir} and rerun")
+    return ids, arr
+
+
+def _size_histogram(images: list[np.ndarray]) -> dict[str, int]:
+    hist: dict[str, int] = {}
+    for im in images:
+        key = f"{im.shape[0]}x{im.shape[1]}"
+        hist[key] = hist.get(key, 0) + 1
+    return dict(sorted(hist.items(), key=lambda kv: -kv[1]))
+
+
+def _progress(items: list[str], split: str, enabled: bool):
+    if not enabled:
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=f"decoding {split}", transient=True)

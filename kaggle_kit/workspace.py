@@ -1,0 +1,252 @@
+"""The on-disk contract between commands (see DESIGN.md section 1).
+
+This module is the only reader/writer of `competition.json`, `folds.csv`, and a run's
+`oof.csv` / `test.csv` / `summary.json` / `provenance.json` / `recipe.yaml`. Every write is
+atomic (temp file + rename) so a killed command never leaves a half-written artefact.
+
+Ids are always strings (read with dtype=str) and are joined, never matched by position.
+Probability columns are named by class name, never by index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kaggle_kit import KitError
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Atomically write `text` to `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Atomically write `obj` as indented JSON (numpy scalars converted)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, with a one-line error naming it if it is missing or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        raise KitError(f"{path}: not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise KitError(f"{path}: not valid JSON ({e}); delete it and rerun the command") from e
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> Path:
+    """Atomically write a DataFrame as CSV without its index."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- competitions
+
+
+@dataclass(frozen=True)
+class CompetitionDir:
+    """`data/<comp>/` as written by `kit fetch`.
+
+    competition.json keys (written by fetch.py through `write_meta`):
+      name, id_col, label_col, labels_csv, train_dir, test_dir, ext, sample_submission,
+      submission_columns, classes (sorted names), n_train, n_test, image_sizes ({"32x32": n}),
+      folds ({"k", "seed", "sha256"}), files ({relpath: sha256}), cache ({key: info}).
+    """
+
+    root: Path
+
+    @classmethod
+    def open(cls, data_dir: str | Path, name: str) -> CompetitionDir:
+        """Open a fetched competition; error with the fetch command if it is not there."""
+        comp = cls(Path(data_dir) / name)
+        if not comp.meta_path.exists():
+            raise KitError(
+                f"{comp.meta_path}: competition '{name}' not fetched; run `kit fetch {name}` first"
+            )
+        return comp
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "competition.json"
+
+    @property
+    def folds_path(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / "cache"
+
+    def meta(self) -> dict:
+        return read_json(self.meta_path)
+
+    def write_meta(self, meta: dict) -> None:
+        write_json(self.meta_path, meta)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta()["classes"])
+
+    def labels(self) -> pd.DataFrame:
+        """Train labels as a DataFrame with columns Id (str), label (str), in CSV order."""
+        m = self.meta()
+        df = pd.read_csv(self.root / m["labels_csv"], dtype=str, keep_default_na=False)
+        return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
+
+    def folds(self) -> pd.DataFrame:
+        """folds.csv as DataFrame Id (str), label (str), fold (int)."""
+        if not self.folds_path.exists():
+            raise KitError(f"{self.folds_path}: missing; rerun `kit fetch {self.name}`")
+        return pd.read_csv(self.folds_path, dtype={"Id": str, "label": str, "fold": int},
+                           keep_default_na=False)
+
+    def sample_submission(self) -> pd.DataFrame:
+        """sample_submission.csv with the id column as str."""
+        m = self.meta()
+        return pd.read_csv(self.root / m["sample_submission"], dtype={m["id_col"]: str},
+                           keep_default_na=False)
+
+    def test_ids(self) -> list[str]:
+        """Test Ids in sample_submission order."""
+        return self.sample_submission()[self.meta()["id_col"]].tolist()
+
+    def image_path(self, split: str, image_id: str) -> Path:
+        """Path of one image: `split` is 'train' or 'test'."""
+        m = self.meta()
+        return self.root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def _prob_frame(path: Path, classes: list[str] | None, extra: tuple[str, ...]) -> pd.DataFrame:
+    if not path.exists():
+        raise KitError(f"{path}: not found; is this a finished run (kit train / kit blend)?")
+    df = pd.read_csv(path, dtype={"Id": str})
+    if "Id" not in df.columns:
+        raise KitError(f"{path}: no 'Id' column")
+    if df["Id"].duplicated().any():
+        dup = df.loc[df["Id"].duplicated(), "Id"].iloc[0]
+        raise KitError(f"{path}: Id {dup} appears more than once")
+    prob_cols = [c for c in df.columns if c not in ("Id", *extra)]
+    if classes is not None and sorted(prob_cols) != sorted(classes):
+        missing = sorted(set(classes) - set(prob_cols))
+        unknown = sorted(set(prob_cols) - set(classes))
+        raise KitError(f"{path}: class columns differ from the competition's: "
+                       f"missing {missing}, unknown {unknown}")
+    cols = list(classes) if classes is not None else prob_cols
+    return df[["Id", *extra, *cols]].set_index("Id")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """`runs/<run>/` as written by `kit train` and `kit blend` (same shape for both)."""
+
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    recipe_path = property(lambda self: self.root / "recipe.yaml")
+    provenance_path = property(lambda self: self.root / "provenance.json")
+    oof_path = property(lambda self: self.root / "oof.csv")
+    test_path = property(lambda self: self.root / "test.csv")
+    summary_path = property(lambda self: self.root / "summary.json")
+    confusion_png = property(lambda self: self.root / "confusion.png")
+    curves_png = property(lambda self: self.root / "curves.png")
+
+    def fold_dir(self, k: int | str) -> Path:
+        """Per-fold folder (`fold0`, ..., or `refit0`): checkpoints, metrics.jsonl, resume state."""
+        name = k if isinstance(k, str) else f"fold{k}"
+        return self.root / name
+
+    def write_oof(self, oof: pd.DataFrame, classes: list[str]) -> None:
+        """oof: index Id, columns fold + one probability column per class."""
+        df = oof.reset_index()[["Id", "fold", *classes]]
+        if df["Id"].duplicated().any():
+            raise KitError(f"{self.oof_path}: refusing to write duplicate Ids")
+        write_csv(self.oof_path, df)
+
+    def write_test(self, test: pd.DataFrame, classes: list[str]) -> None:
+        """test: index Id, one probability column per class."""
+        write_csv(self.test_path, test.reset_index()[["Id", *classes]])
+
+    def read_oof(self, classes: list[str] | None = None) -> pd.DataFrame:
+        """oof.csv indexed by Id: column `fold` then class columns (in `classes` order if given)."""
+        return _prob_frame(self.oof_path, classes, ("fold",))
+
+    def read_test(self, classes: list[str] | None = None) -> pd.DataFrame:
+        """test.csv indexed by Id: class columns (in `classes` order if given)."""
+        return _prob_frame(self.test_path, classes, ())
+
+    def summary(self) -> dict:
+        return read_json(self.summary_path)
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.summary_path, summary)
+
+    def provenance(self) -> dict:
+        return read_json(self.provenance_path)
+
+    def write_provenance(self, prov: dict) -> None:
+        write_json(self.provenance_path, prov)
