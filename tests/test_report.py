@@ -1,0 +1,83 @@
+"""report.py: oof_scores, confusion/curves plots, `kit report` text (alone and --against)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from kaggle_kit import KitError
+from kaggle_kit.report import oof_scores, report, write_run_plots
+from tests.fx_blend import make_comp, make_run, member_probs
+
+
+def test_oof_scores_match_sklearn_and_join_by_id():
+    from sklearn.metrics import accuracy_score, log_loss
+
+    classes = ["a", "b", "c"]
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    p = member_probs(y, 3, signal=1.0, seed=3)
+    ids = [f"{i:03d}" for i in range(8)]
+    oof = pd.DataFrame(p, columns=classes, index=pd.Index(ids, name="Id"))
+    oof.insert(0, "fold", [0, 0, 0, 0, 1, 1, 1, 1])
+    labels = pd.Series([classes[i] for i in y], index=ids)[::-1]  # other row order: joined by Id
+    s = oof_scores(oof, labels, classes)
+    assert s["cv"]["accuracy"] == pytest.approx(accuracy_score(y, p.argmax(1)))
+    assert s["cv"]["log_loss"] == pytest.approx(log_loss(y, p, labels=[0, 1, 2]))
+    f0 = [f for f in s["per_fold"] if f["fold"] == 0][0]
+    assert f0["accuracy"] == pytest.approx(accuracy_score(y[:4], p[:4].argmax(1)))
+    accs = [f["accuracy"] for f in s["per_fold"]]
+    assert s["cv"]["accuracy_std"] == pytest.approx(np.std(accs))
+    pred = p.argmax(1)
+    assert s["per_class"]["a"] == pytest.approx((pred[y == 0] == 0).mean())
+    with pytest.raises(KitError, match="no training label"):
+        oof_scores(oof, labels.iloc[1:], classes)
+
+
+def test_plots_are_written_and_non_empty(tmp_path):
+    comp = make_comp(tmp_path / "data", classes=[f"class{i:02d}" for i in range(15)], n_train=600)
+    run = make_run(tmp_path / "runs", "r1", comp, signal=2.0)
+    write_run_plots(run)  # labels found through data/ next to runs/
+    for png in (run.confusion_png, run.curves_png):
+        assert png.stat().st_size > 10_000
+        with Image.open(png) as im:
+            assert im.size[0] > 600 and im.size[1] > 300
+    run.confusion_png.unlink()
+    labels = comp.labels().set_index("Id")["label"]
+    write_run_plots(run, labels)
+    assert run.confusion_png.exists()
+
+
+def test_report_lists_worst_class_first_with_targeted_block(tmp_path):
+    comp = make_comp(tmp_path / "data", n_train=400)
+    classes = comp.classes
+    folds = comp.folds()
+    y = folds["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    p = member_probs(y, len(classes), signal=4.0, seed=1)
+    leopard, shark = classes.index("leopard"), classes.index("shark")
+    flip = np.flatnonzero(y == leopard)[: int(0.6 * (y == leopard).sum())]
+    p[flip] = p[flip][:, [*range(leopard), shark, *range(leopard + 1, len(classes))]]
+    p[flip, shark] = p[flip].max(1) + 0.1  # 60% of leopards predicted as shark
+    run = make_run(tmp_path / "runs", "r1", comp, oof=p / p.sum(1, keepdims=True))
+    text = report(run.root, against=None, data_dir=tmp_path / "data")
+    table = text.split("most-confused pairs")[0]
+    lines = [ln for ln in table.splitlines() if ln.strip().split(" ")[0] in classes]
+    assert lines[0].split()[0] == "leopard" and lines[0].split()[3] == "shark"
+    assert "leopard <-> shark" in text
+    assert "targeted:" in text and "classes: [leopard," in text
+
+
+def test_report_against_side_by_side(tmp_path):
+    comp = make_comp(tmp_path / "data", n_train=200)
+    a = make_run(tmp_path / "runs", "base", comp, signal=1.0, seed=1)
+    b = make_run(tmp_path / "runs", "tgt", comp, signal=3.0, seed=2, targeted=["leopard", "shark"])
+    text = report(b.root, against=a.root, data_dir=tmp_path / "data")
+    assert "base" in text and "tgt" in text and "OVERALL" in text
+    assert "leopard *" in text and "'leopard', 'shark'" in text
+    sa, sb = a.summary()["cv"]["accuracy"], b.summary()["cv"]["accuracy"]
+    assert f"{sb - sa:+.4f}" in text
+    other = make_comp(tmp_path / "data", name="other")
+    c = make_run(tmp_path / "runs", "c", other)
+    with pytest.raises(KitError, match="competition 'other'"):
+        report(b.root, against=c.root, data_dir=tmp_path / "data")
