@@ -308,6 +308,13 @@ def single_report(path: Path, data_dir: Path, k_worst: int = 4) -> str:
                         block])
 
 
+def targeted_classes(summary: dict) -> set[str]:
+    """Targeted classes of a run: summary.json "targeted" is None, a list of classes, or
+    {"classes", "factor", "transforms", "source"} as kit train writes it."""
+    t = summary.get("targeted") or []
+    return set(t.get("classes") or []) if isinstance(t, dict) else set(t)
+
+
 def against_report(path: Path, other: Path, data_dir: Path) -> str:
     """Per-class OOF accuracy of two runs side by side with the change; targeted classes marked."""
     run_a, comp_a, oof_a, y_a = load_run(path, data_dir)
@@ -318,8 +325,7 @@ def against_report(path: Path, other: Path, data_dir: Path) -> str:
     classes = comp_a.classes
     cm_a = confusion(oof_a[classes].to_numpy(dtype=float), y_a, len(classes))
     cm_b = confusion(oof_b[classes].to_numpy(dtype=float), y_b, len(classes))
-    tg_a = set(run_a.summary().get("targeted") or [])
-    tg_b = set(run_b.summary().get("targeted") or [])
+    tg_a, tg_b = targeted_classes(run_a.summary()), targeted_classes(run_b.summary())
     acc_a = np.diag(cm_a) / np.maximum(cm_a.sum(axis=1), 1)
     acc_b = np.diag(cm_b) / np.maximum(cm_b.sum(axis=1), 1)
     order = np.argsort(acc_b - acc_a, kind="stable")  # biggest gain (RUN - OTHER) first

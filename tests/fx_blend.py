@@ -85,7 +85,9 @@ def make_run(runs_dir: Path, name: str, comp: CompetitionDir, signal: float = 2.
     scores = oof_scores(oof_df, folds.set_index("Id")["label"], classes)
     run.write_summary({"run": name, "kind": "train", "competition": comp.name, "classes": classes,
                        "metric": "accuracy", **scores, "folds_sha256": sha256_file(comp.folds_path),
-                       "test_from": "folds", "targeted": targeted or []})
+                       "test_from": "folds",
+                       "targeted": targeted and {"classes": targeted, "factor": 2.0,
+                                                 "transforms": [], "source": "recipe"}})
     for k in sorted(folds["fold"].unique()):
         lines = [json.dumps({"epoch": e, "train_loss": 2.0 / (e + 1), "val_loss": 2.2 / (e + 1) + 0.05 * k,
                              "train_acc": 1 - 0.8 * np.exp(-e / 4), "val_acc": 0.9 - 0.7 * np.exp(-e / 3),

@@ -81,3 +81,21 @@ def test_report_against_side_by_side(tmp_path):
     c = make_run(tmp_path / "runs", "c", other)
     with pytest.raises(KitError, match="competition 'other'"):
         report(b.root, against=c.root, data_dir=tmp_path / "data")
+
+
+def test_suggested_block_is_a_valid_recipe_augment_section(tmp_path):
+    recipe = pytest.importorskip("kaggle_kit.recipe")
+    import yaml
+
+    comp = make_comp(tmp_path / "data")
+    run = make_run(tmp_path / "runs", "r1", comp, signal=1.0)
+    text = report(run.root, against=None, data_dir=tmp_path / "data")
+    block = yaml.safe_load(text[text.index("augment:"):])
+    aug = recipe.Augment(**block["augment"])
+    assert aug.targeted.classes and set(aug.targeted.classes) <= set(comp.classes)
+    assert len(aug.targeted.transforms) >= 2
+    import albumentations as A
+
+    specs = [dict(t) for t in aug.targeted.transforms]
+    pipe = A.Compose([getattr(A, t.pop("name"))(**t) for t in specs])
+    assert pipe(image=np.zeros((32, 32, 3), np.uint8))["image"].shape == (32, 32, 3)
