@@ -1,0 +1,510 @@
+"""`kit fetch`: a Kaggle competition (download, `--from` zip/folder, or the offline demo) into a
+verified `data/<comp>/` (DESIGN.md section 1).
+
+Steps: obtain the zip -> safe unzip into a temp folder next to the target (nested top folder and
+zips-inside-the-zip unpacked) -> detect the layout -> validate -> sha256 every file -> stratified
+folds.csv -> decode-once cache -> competition.json -> rename the temp folder onto `data/<comp>`.
+Any error removes the temp folder, so nothing half-written is left behind.
+A second fetch verifies the recorded hashes and does nothing (no download, no decoding).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from kaggle_kit import KitError
+from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+_JUNK = {"__MACOSX", ".DS_Store", "Thumbs.db"}
+_OURS = {"competition.json", "folds.csv", "cache"}  # written by fetch, not shipped by Kaggle
+_HINTS = ("id_col", "label_col", "train_dir", "test_dir")
+
+
+def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | None = None,
+          force: bool = False, n_folds: int = 4, seed: int = 42, refold: bool = False,
+          id_col: str | None = None, label_col: str | None = None, train_dir: str | None = None,
+          test_dir: str | None = None) -> dict:
+    """Make `data_dir/<competition>/` verified: files + competition.json + folds.csv + cache.
+
+    `source`: a zip or folder to import (offline); else 'demo' is built offline and anything else
+    is downloaded with the official client (kaggle_io). Already fetched: verify hashes and do
+    nothing, unless `force` (refetch) or `refold` (remake folds with `n_folds`/`seed`); another
+    `n_folds`/`seed` without `refold` is an error. The hint arguments settle ambiguous layouts.
+    Returns a summary dict (status, counts, classes, folds, decode time, cache size, warnings)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", competition):
+        raise KitError(f"competition '{competition}': not a Kaggle slug (letters, digits, '-', '_')")
+    if n_folds < 2:
+        raise KitError(f"--folds {n_folds}: need at least 2 folds")
+    comp = CompetitionDir(Path(data_dir) / competition)
+    hints = {"id_col": id_col, "label_col": label_col, "train_dir": train_dir, "test_dir": test_dir}
+    if comp.meta_path.exists() and not force:
+        return _verify_existing(comp, n_folds, seed, refold, hints)
+    if comp.root.exists() and any(comp.root.iterdir()) and not force:
+        raise KitError(f"{comp.root}: exists but has no competition.json; "
+                       "pass --force to replace it with a fresh fetch")
+    return _import(comp, source, force, n_folds, seed, hints)
+
+
+# ----------------------------------------------------------------------------- obtain + unpack
+
+
+def _obtain(comp: CompetitionDir, source: Path | None, force: bool) -> tuple[Path, bool]:
+    """(zip or folder to import, whether it is a download of ours to delete afterwards)."""
+    downloads = comp.root.parent / ".downloads"
+    if source is not None:
+        source = Path(source)
+        if not source.exists():
+            raise KitError(f"--from {source}: no such file or folder")
+        return source, False
+    if comp.name == "demo":
+        from kaggle_kit.demo_data import build_demo_zip
+
+        return build_demo_zip(downloads), True
+    from kaggle_kit import kaggle_io  # lazy: importing the kaggle client authenticates
+
+    return kaggle_io.download_competition(comp.name, downloads, force=force), True
+
+
+def safe_unzip(zip_path: Path, dest: Path) -> int:
+    """Extract `zip_path` into `dest`, refusing absolute paths, drive letters, `..` and symlinks
+    (checked for every entry before anything is written). Skips macOS junk. Returns #files."""
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            members = []
+            for info in zf.infolist():
+                parts = _safe_parts(zip_path, info)
+                if info.is_dir() or not parts or _JUNK & set(parts):
+                    continue
+                members.append((info, dest.joinpath(*parts)))
+            for info, target in members:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise KitError(f"{zip_path}: not a complete zip ({e}); delete it and rerun with --force "
+                       "(an interrupted download?)") from e
+    return len(members)
+
+
+def _safe_parts(zip_path: Path, info: zipfile.ZipInfo) -> tuple[str, ...]:
+    name = info.filename.replace("\\", "/")
+    parts = PurePosixPath(name).parts
+    unsafe = name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts
+    if unsafe or stat.S_ISLNK(info.external_attr >> 16):
+        raise KitError(f"{zip_path}: entry '{info.filename}' would be written outside the target "
+                       "folder (absolute path, '..' or symlink); refusing to unzip this archive")
+    return tuple(p for p in parts if p not in ("", "."))
+
+
+def _unpack(src: Path, dest: Path) -> None:
+    """Zip or folder -> `dest` in Kaggle's layout: one nested top folder is lifted up, and zips
+    inside (e.g. train.zip) are unpacked in place, up to 3 levels deep."""
+    if src.is_dir():
+        shutil.copytree(src, dest, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if n in _JUNK
+                                                 or (Path(d) == src and n in _OURS)])
+    elif zipfile.is_zipfile(src):
+        safe_unzip(src, dest)
+    else:
+        raise KitError(f"{src}: neither a zip nor a folder; pass a Kaggle competition zip")
+    _lift_single_folder(dest)
+    for _ in range(3):
+        inner = sorted(p for p in dest.rglob("*.zip") if p.is_file())
+        if not inner:
+            break
+        for z in inner:
+            _unpack_inner(z)
+        _lift_single_folder(dest)
+
+
+def _lift_single_folder(dest: Path) -> None:
+    entries = [p for p in dest.iterdir() if p.name not in _JUNK]
+    while len(entries) == 1 and entries[0].is_dir():
+        top = entries[0].rename(dest / f".lift-{entries[0].name}")
+        for p in top.iterdir():
+            p.rename(dest / p.name)
+        top.rmdir()
+        entries = [p for p in dest.iterdir() if p.name not in _JUNK]
+
+
+def _unpack_inner(z: Path) -> None:
+    """`train.zip` -> `train/` next to it (its own single top folder kept if it has one)."""
+    stage = Path(tempfile.mkdtemp(dir=z.parent, prefix=".inner-"))
+    safe_unzip(z, stage)
+    entries = [p for p in stage.iterdir()]
+    src, name = (entries[0], entries[0].name) if len(entries) == 1 and entries[0].is_dir() \
+        else (stage, z.stem)
+    target = z.parent / name
+    if target.exists():
+        raise KitError(f"{z}: unpacks to {target}, which is also in the archive; "
+                       "unpack it by hand and import the folder with --from")
+    src.rename(target)
+    if stage.exists():
+        stage.rmdir()
+    z.unlink()
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
+            hints: dict) -> dict:
+    comp.root.parent.mkdir(parents=True, exist_ok=True)
+    archive, ours = _obtain(comp, source, force)
+    tmp = Path(tempfile.mkdtemp(dir=comp.root.parent, prefix=f".{comp.name}.partial-"))
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only; the final folder should look like any other
+    try:
+        _unpack(archive, tmp)
+        summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints)
+        _replace_dir(tmp, comp.root)
+    except KitError as e:  # name the final path, not the temp folder, in messages
+        raise KitError(str(e).replace(str(tmp), str(comp.root))) from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise KitError(f"{comp.root.parent}: disk full while writing {comp.name}; free space "
+                           "and rerun (nothing was kept)") from e
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if ours:
+        archive.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            archive.parent.rmdir()  # .downloads/, if now empty
+    return {"status": "fetched", "path": str(comp.root), **summary}
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Rename `new` onto `final`; an old `final` is moved aside first and removed after."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+    new.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict) -> dict:
+    """Detect, validate, hash, fold and cache the unpacked competition in `comp.root`."""
+    layout = detect_layout(comp.root, **hints)
+    labels, test_ids, warnings = validate(comp.root, layout, n_folds)
+    sizes = image_sizes(comp.root, layout, labels["Id"].tolist(), test_ids)
+    if len(sizes) > 1:
+        warnings.append(f"{layout['train_dir']}: images have mixed sizes {sizes}; no native cache "
+                        "is built: set data.image_size in the recipe so they are resized to one")
+    files = {p.relative_to(comp.root).as_posix(): sha256_file(p)
+             for p in sorted(comp.root.rglob("*")) if p.is_file()}
+    meta = {"name": name, **layout, "classes": sorted(labels["label"].unique()),
+            "n_train": len(labels), "n_test": len(test_ids), "image_sizes": sizes,
+            "folds": {}, "files": files, "cache": {}}
+    comp.write_meta(meta)
+    meta["folds"] = write_folds(comp, n_folds, seed)
+    for w in warnings:
+        _say(f"warning: {w}")
+    if len(sizes) == 1:
+        meta["cache"] = _build_caches(comp)
+    comp.write_meta(meta)
+    return _summary(meta, warnings)
+
+
+def _build_caches(comp: CompetitionDir) -> dict:
+    from kaggle_kit.images import build_cache
+
+    cache = {}
+    for split in ("train", "test"):
+        info = build_cache(comp, split, None, progress=sys.stderr.isatty())
+        info["path"] = Path(info["path"]).relative_to(comp.root).as_posix()
+        if info.pop("built"):
+            _say(f"decoded {info['n']} {split} images in {info['decode_s']:.2f} s -> "
+                 f"{info['path']} ({info['bytes'] / 1e6:.1f} MB)")
+        cache[f"{split}_native"] = info
+    return cache
+
+
+def _summary(meta: dict, warnings: list[str]) -> dict:
+    cache = meta.get("cache", {})
+    return {"competition": meta["name"], "classes": len(meta["classes"]),
+            "n_train": meta["n_train"], "n_test": meta["n_test"], "folds": meta["folds"],
+            "image_sizes": meta["image_sizes"],
+            "decode_s": round(sum(c["decode_s"] for c in cache.values()), 3),
+            "cache_mb": round(sum(c["bytes"] for c in cache.values()) / 1e6, 2),
+            "warnings": warnings}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """Stratified k-fold (shuffled with `seed`) of labels (Id, label) -> Id, label, fold."""
+    from sklearn.model_selection import StratifiedKFold
+
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.empty(len(labels), dtype=int)
+    for k, (_, val) in enumerate(skf.split(np.zeros(len(labels)), labels["label"])):
+        fold[val] = k
+    return pd.DataFrame({"Id": labels["Id"].values, "label": labels["label"].values, "fold": fold})
+
+
+def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> dict:
+    """Write folds.csv for `comp` and return its record {"k", "seed", "sha256"}."""
+    write_csv(comp.folds_path, make_folds(comp.labels(), n_folds, seed))
+    return {"k": n_folds, "seed": seed, "sha256": sha256_file(comp.folds_path)}
+
+
+# ----------------------------------------------------------------------------- rerun
+
+
+def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool,
+                     hints: dict) -> dict:
+    """Already fetched: check hashes, folds and cache; change nothing unless asked to."""
+    meta = comp.meta()
+    for key, val in hints.items():
+        if val is not None and meta.get(key) != val:
+            raise KitError(f"{comp.meta_path}: recorded {key}={meta.get(key)!r}, not {val!r}; "
+                           "pass --force to refetch and re-detect with the new option")
+    bad = [rel for rel, h in meta["files"].items()
+           if not (comp.root / rel).is_file() or sha256_file(comp.root / rel) != h]
+    if bad:
+        raise KitError(f"{comp.root / bad[0]}: missing or changed since fetch ({len(bad)} files); "
+                       "rerun with --force to refetch")
+    rec = meta["folds"]
+    folds_ok = comp.folds_path.exists() and sha256_file(comp.folds_path) == rec.get("sha256")
+    status = "verified: already fetched, nothing to do"
+    if (rec.get("k"), rec.get("seed")) != (n_folds, seed) or not folds_ok:
+        if not refold:
+            what = (f"folds.csv was made with --folds {rec.get('k')} --seed {rec.get('seed')}"
+                    if folds_ok else "folds.csv is missing or changed since fetch")
+            raise KitError(f"{comp.folds_path}: {what}; pass --refold to remake it with --folds "
+                           f"{n_folds} --seed {seed} (runs on the old folds will not compare)")
+        meta["folds"] = write_folds(comp, n_folds, seed)
+        status = f"refolded: folds.csv remade with --folds {n_folds} --seed {seed}"
+    elif refold:
+        status = "verified: folds already made with these --folds/--seed, nothing to do"
+    if len(meta["image_sizes"]) == 1:
+        meta["cache"] = _build_caches(comp)  # no decoding when the cache is there
+    comp.write_meta(meta)
+    _say(f"{comp.root}: {status}")
+    return {"status": status, "path": str(comp.root), **_summary(meta, [])}
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def detect_layout(root: Path, id_col: str | None = None, label_col: str | None = None,
+                  train_dir: str | None = None, test_dir: str | None = None) -> dict:
+    """Find label CSV, id/label columns, sample submission, train/test image folders and the
+    extension, joining CSV Ids to file names. Returns the layout keys of competition.json.
+    Ambiguity raises KitError naming the option (--id-col/--label-col/--train-dir/--test-dir)."""
+    csvs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.csv"))
+    sample = _pick_sample(root, csvs)
+    sub = _read_csv(root / sample)
+    labels_csv = _pick_labels_csv(root, [c for c in csvs if c != sample], id_col, label_col)
+    df = _read_csv(root / labels_csv)
+    id_col = id_col or _pick_id_col(labels_csv, df, sub)
+    label_col = label_col or _pick_label_col(labels_csv, df, sub, id_col)
+    for col, opt in ((id_col, "--id-col"), (label_col, "--label-col")):
+        if col not in df.columns:
+            raise KitError(f"{labels_csv}: no column '{col}'; pass {opt} (one of {list(df.columns)})")
+    dirs = _image_dirs(root)
+    if not dirs:
+        raise KitError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
+    train_ids = df[id_col].tolist()
+    test_ids = sub[sub.columns[0]].tolist() if id_col not in sub.columns else sub[id_col].tolist()
+    with_ext = all(Path(i).suffix.lower() in IMAGE_EXTS for i in train_ids[:100])
+    train_dir = _pick_dir("train", train_ids, dirs, train_dir, with_ext, None)
+    test_dir = _pick_dir("test", test_ids, dirs, test_dir, with_ext, train_dir)
+    ext = "" if with_ext else _common_ext(dirs[train_dir], set(train_ids))
+    return {"id_col": id_col, "label_col": label_col, "labels_csv": labels_csv,
+            "train_dir": train_dir, "test_dir": test_dir, "ext": ext,
+            "sample_submission": sample, "submission_columns": list(sub.columns)}
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise KitError(f"{path}: not a readable CSV ({e}); refetch with --force") from e
+
+
+def _pick_sample(root: Path, csvs: list[str]) -> str:
+    samples = [c for c in csvs if "sample" in Path(c).name.lower()]
+    if len(samples) > 1:
+        samples = [c for c in samples if Path(c).name.lower() == "sample_submission.csv"] or samples
+    if len(samples) != 1:
+        raise KitError(f"{root}: expected one sample_submission.csv (test Ids come from it), "
+                       f"found {samples or 'none'} among CSVs {csvs}")
+    return samples[0]
+
+
+def _pick_labels_csv(root: Path, csvs: list[str], id_col: str | None, label_col: str | None) -> str:
+    cands = csvs
+    if id_col or label_col:
+        want = {c for c in (id_col, label_col) if c}
+        cands = [c for c in csvs if want <= set(_read_csv(root / c).columns)]
+    if len(cands) > 1:
+        cands = [c for c in cands if re.search(r"train|label", Path(c).name.lower())] or cands
+    if len(cands) != 1:
+        raise KitError(f"{root}: cannot tell which CSV holds the training labels ({cands or csvs}); "
+                       "pass --id-col and --label-col naming columns only that CSV has")
+    return cands[0]
+
+
+def _pick_id_col(labels_csv: str, df: pd.DataFrame, sub: pd.DataFrame) -> str:
+    if sub.columns[0] in df.columns:
+        return sub.columns[0]
+    named = [c for c in df.columns if re.fullmatch(r"(image_?)?id|image|file_?name|file", c.lower())]
+    if len(named) != 1:
+        raise KitError(f"{labels_csv}: cannot tell the Id column; pass --id-col "
+                       f"(one of {list(df.columns)})")
+    return named[0]
+
+
+def _pick_label_col(labels_csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str) -> str:
+    if len(sub.columns) == 2 and sub.columns[1] in df.columns and sub.columns[1] != id_col:
+        return sub.columns[1]
+    rest = [c for c in df.columns if c != id_col]
+    if len(rest) != 1:
+        raise KitError(f"{labels_csv}: cannot tell the label column; pass --label-col "
+                       f"(one of {rest})")
+    return rest[0]
+
+
+def _image_dirs(root: Path) -> dict[str, list[str]]:
+    """{folder relative to root ('.' for root): image file names in it}."""
+    out = {}
+    for d, _, names in os.walk(root):
+        imgs = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
+        rel = Path(d).relative_to(root).as_posix()
+        if imgs and not (_JUNK | _OURS) & set(Path(rel).parts):
+            out[rel] = imgs
+    return out
+
+
+def _pick_dir(role: str, ids: list[str], dirs: dict[str, list[str]], hint: str | None,
+              with_ext: bool, exclude: str | None) -> str:
+    """The folder whose file names cover `ids` best, preferring one named like `role`."""
+    if hint is not None:
+        hint = PurePosixPath(hint).as_posix()
+        if hint not in dirs:
+            raise KitError(f"--{role}-dir {hint}: no images there; folders with images: "
+                           f"{sorted(dirs)}")
+        return hint
+    want = set(ids)
+    cover = {d: len(want & {n if with_ext else Path(n).stem for n in names}) / max(len(want), 1)
+             for d, names in dirs.items()}
+    cands = [d for d, c in cover.items() if c > 0 and (d != exclude or len(dirs) == 1)]
+    named = [d for d in cands if role in d.lower()]
+    cands = named or cands
+    best = max((cover[d] for d in cands), default=0)
+    top = [d for d in cands if cover[d] == best]
+    if len(top) != 1:
+        raise KitError(f"cannot tell the {role} image folder (candidates: "
+                       f"{ {d: round(cover[d], 3) for d in top} or sorted(dirs)} = share of "
+                       f"{role} Ids found); pass --{role}-dir")
+    return top[0]
+
+
+def _common_ext(names: list[str], ids: set[str]) -> str:
+    exts = pd.Series([Path(n).suffix for n in names if Path(n).stem in ids])
+    return str(exts.mode().iloc[0]) if len(exts) else Path(names[0]).suffix
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(root: Path, layout: dict, n_folds: int) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Check the label CSV and sample submission against the image folders.
+    Returns (labels Id/label in CSV order, test Ids, warnings); errors raise KitError."""
+    lcsv, sample = layout["labels_csv"], layout["sample_submission"]
+    df = _read_csv(root / lcsv)
+    labels = df[[layout["id_col"], layout["label_col"]]].set_axis(["Id", "label"], axis=1)
+    sub = _read_csv(root / sample)
+    test_ids = sub[layout["id_col"] if layout["id_col"] in sub.columns else sub.columns[0]]
+    _check_ids(lcsv, labels["Id"])
+    _check_ids(sample, test_ids)
+    empty = labels.index[labels["label"].str.strip() == ""]
+    if len(empty):
+        i = empty[0]
+        raise KitError(f"{lcsv} line {i + 2}: Id {labels['Id'][i]} has an empty "
+                       f"{layout['label_col']} ({len(empty)} rows); fill it in or remove the row")
+    _check_files(root, layout, lcsv, labels["Id"], "train")
+    _check_files(root, layout, sample, test_ids, "test")
+    counts = labels["label"].value_counts()
+    if counts.min() < n_folds:
+        raise KitError(f"{lcsv}: class '{counts.idxmin()}' has {counts.min()} images, fewer than "
+                       f"--folds {n_folds}; pass --folds {max(2, counts.min())} or add images")
+    return labels, test_ids.tolist(), _orphans(root, layout, labels["Id"], test_ids)
+
+
+def _check_ids(csv: str, ids: pd.Series) -> None:
+    blank = ids.index[ids.str.strip() == ""]
+    if len(blank):
+        raise KitError(f"{csv} line {blank[0] + 2}: empty Id; fill it in or remove the row")
+    dup = ids.index[ids.duplicated()]
+    if len(dup):
+        i = dup[0]
+        first = ids.index[ids == ids[i]][0]
+        raise KitError(f"{csv} line {i + 2}: Id {ids[i]} appears again (first on line {first + 2}, "
+                       f"{len(dup)} duplicate rows); remove the duplicate row")
+
+
+def _check_files(root: Path, layout: dict, csv: str, ids: pd.Series, split: str) -> None:
+    folder, ext = layout[f"{split}_dir"], layout["ext"]
+    present = set(os.listdir(root / folder))
+    missing = ids.index[~(ids + ext).isin(present)]
+    if len(missing):
+        i = missing[0]
+        raise KitError(f"{csv} line {i + 2}: no image {folder}/{ids[i]}{ext} for Id {ids[i]} "
+                       f"({len(missing)} missing); restore it (kit fetch --force) or remove the row")
+
+
+def _orphans(root: Path, layout: dict, train_ids: pd.Series, test_ids: pd.Series) -> list[str]:
+    """Warnings for images that no CSV row names (they are ignored)."""
+    warnings, ext = [], layout["ext"]
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        folder = layout[f"{split}_dir"]
+        known = set(ids + ext)
+        if layout["train_dir"] == layout["test_dir"]:
+            known |= set(train_ids + ext) | set(test_ids + ext)
+        extra = sorted(n for n in os.listdir(root / folder)
+                       if Path(n).suffix.lower() in IMAGE_EXTS and n not in known)
+        if extra:
+            csv = layout["labels_csv"] if split == "train" else layout["sample_submission"]
+            warnings.append(f"{folder}/{extra[0]}: image with no row in {csv} ({len(extra)} such "
+                            "images); ignored: add rows for them to use them")
+    return warnings
+
+
+def image_sizes(root: Path, layout: dict, train_ids: list[str],
+                test_ids: list[str]) -> dict[str, int]:
+    """Size histogram {"HxW": n} of all train + test images, most common first (headers only)."""
+    hist: dict[str, int] = {}
+    paths = [root / layout["train_dir"] / f"{i}{layout['ext']}" for i in train_ids]
+    paths += [root / layout["test_dir"] / f"{i}{layout['ext']}" for i in test_ids]
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                key = f"{im.size[1]}x{im.size[0]}"
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise KitError(f"{path}: unreadable image ({e}); refetch with `kit fetch --force` "
+                           "or remove its row") from e
+        hist[key] = hist.get(key, 0) + 1
+    return dict(sorted(hist.items(), key=lambda kv: -kv[1]))
