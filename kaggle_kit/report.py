@@ -187,7 +187,10 @@ def plot_curves(metrics: dict[str, pd.DataFrame], path: Path, title: str) -> Non
                 if col in df and df[col].notna().any():
                     ax.plot(df["epoch"], df[col], style, color=color, marker=".",
                             label=f"{name} {split}")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, ylabel in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -218,7 +221,8 @@ def write_run_plots(run: RunDir, labels: pd.Series | None = None, *,
             plot_confusion(cm, classes, run.confusion_png, title)
     metrics = read_metrics(run)
     if metrics:
-        plot_curves(metrics, run.curves_png, f"{run.name}: learning curves")
+        plot_curves(metrics, run.curves_png,
+                    f"{run.name}: learning curves (solid = train, dashed = validation)")
 
 
 # ----------------------------------------------------------------------------- text report
