@@ -14,6 +14,8 @@ method, cv, message, submission_id, status (pending|complete|error), public_scor
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import CompetitionDir, RunDir, write_csv
+from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv
 
 LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "run", "method", "cv", "message",
                   "submission_id", "status", "public_score", "error"]
@@ -136,3 +138,180 @@ def write_submission(df: pd.DataFrame, submissions_dir: Path, run_name: str) -> 
         path = Path(submissions_dir) / f"{stamp}-{run_name}-{n}.csv"
         n += 1
     return write_csv(path, df)
+
+
+# ----------------------------------------------------------------------------- kit submit
+
+
+def submit(target: Path, *, message: str | None = None, dry_run: bool = False,
+           competition: str | None = None, timeout: float = 300.0, data_dir: Path = Path("data"),
+           runs_dir: Path = Path("runs"), submissions_dir: Path = Path("submissions"),
+           poll_s: float = 2.0) -> str:
+    """`kit submit`: validate `target` (a run folder -> its test.csv, or a submission CSV) against
+    the competition's sample_submission, upload it with the official client, poll up to `timeout`
+    seconds (first poll right away, then every `poll_s` growing x1.5) and report the public score.
+
+    Every upload gets a ledger row (pending, then complete/error). Dry run: validate (and write
+    submissions/<stamp>-<run>.csv for a run), upload nothing, no ledger row. Raises KitError for
+    invalid files, Kaggle errors (kaggle_io) and Kaggle's scoring error (the row says `error`).
+    """
+    path, info = _prepare(Path(target), competition, Path(data_dir), Path(runs_dir),
+                          Path(submissions_dir))
+    comp = info["competition"]
+    if dry_run:
+        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded"
+    from kaggle_kit import kaggle_io
+
+    msg = message or f"{info['run'] or path.stem} (cv {info['cv'] or '?'})"
+    sub = kaggle_io.submit_file(comp, path, msg)
+    _append_ledger(Path(submissions_dir), {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": comp,
+        "file": str(path), "sha256": sha256_file(path), "run": info["run"],
+        "method": info["method"], "cv": info["cv"], "message": msg, "submission_id": sub["id"],
+        "status": "pending", "public_score": "", "error": ""})
+    print(f"uploaded {path.name} as submission {sub['id']}; waiting up to {timeout:.0f} s "
+          f"for Kaggle's score", flush=True)
+    try:
+        result = _poll(comp, sub["id"], timeout, poll_s)
+    except KitError as e:
+        return (f"submission {sub['id']} uploaded but its status is unknown ({e}); it stays "
+                f"pending in the ledger: run `kit submissions --refresh` later")
+    if result is None:
+        return (f"submission {sub['id']} not scored after {timeout:.0f} s; it stays pending in "
+                f"{_ledger_path(Path(submissions_dir))}: run `kit submissions --refresh` later")
+    _update_ledger(Path(submissions_dir), {sub["id"]: result})
+    if result["status"] == "error":
+        raise KitError(f"{path}: Kaggle could not score submission {sub['id']}: {result['error']}")
+    return (f"submission {sub['id']} ({path.name}): public score {result['public_score']:.5f}"
+            f" | CV {info['cv'] or '?'}")
+
+
+def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Path,
+             submissions_dir: Path) -> tuple[Path, dict]:
+    """(validated file to upload, {"competition", "run", "method", "cv"}) for a run or a CSV."""
+    if not target.exists() and (runs_dir / target).is_dir():
+        target = runs_dir / target
+    if target.is_dir():
+        run = RunDir(target)
+        info = _run_info(run, competition)
+        comp = CompetitionDir.open(data_dir, info["competition"])
+        df = build_submission(run, comp)
+        validate_submission(df, comp, f"submission built from {run.test_path}")
+        return write_submission(df, submissions_dir, run.name), info
+    if not target.is_file():
+        raise KitError(f"{target}: neither a run folder nor a submission CSV")
+    stamped = re.match(r"\d{8}T\d{6}Z-(.+?)(-\d+)?\.csv$", target.name)
+    run = RunDir(runs_dir / stamped.group(1)) if stamped else None
+    if run is not None and run.summary_path.exists():
+        info = _run_info(run, competition)
+    else:
+        info = {"competition": competition or _only_competition(data_dir, target),
+                "run": "", "method": "csv", "cv": ""}
+    comp = CompetitionDir.open(data_dir, info["competition"])
+    df = pd.read_csv(target, dtype=str, keep_default_na=False)
+    validate_submission(df, comp, str(target))
+    return target, info
+
+
+def _run_info(run: RunDir, competition: str | None) -> dict:
+    summary = run.summary()
+    comp = competition or summary.get("competition")
+    if not comp:
+        raise KitError(f"{run.summary_path}: no 'competition' key; pass --competition")
+    cv = (summary.get("cv") or {}).get("accuracy")
+    return {"competition": comp, "run": run.name, "cv": "" if cv is None else f"{cv:.5f}",
+            "method": summary.get("method") or summary.get("kind") or ""}
+
+
+def _only_competition(data_dir: Path, target: Path) -> str:
+    comps = sorted(p.parent.name for p in data_dir.glob("*/competition.json"))
+    if len(comps) != 1:
+        raise KitError(f"{target}: which competition is it for? pass --competition "
+                       f"(fetched in {data_dir}: {comps or 'none'})")
+    return comps[0]
+
+
+def _poll(competition: str, sub_id: str, timeout: float, poll_s: float) -> dict | None:
+    """Kaggle's entry for `sub_id` once it is no longer pending, or None after `timeout` s."""
+    from kaggle_kit import kaggle_io
+
+    deadline, wait = time.monotonic() + timeout, poll_s
+    while True:
+        for s in kaggle_io.list_submissions(competition):
+            if s["id"] == sub_id and s["status"] != "pending":
+                return s
+        if time.monotonic() + wait > deadline:
+            return None
+        time.sleep(wait)
+        wait = min(wait * 1.5, 30.0)
+
+
+# ----------------------------------------------------------------------------- ledger
+
+
+def _ledger_path(submissions_dir: Path) -> Path:
+    return Path(submissions_dir) / "ledger.csv"
+
+
+def read_ledger(submissions_dir: Path) -> pd.DataFrame:
+    """submissions/ledger.csv as str columns LEDGER_COLUMNS (empty frame if there is none)."""
+    path = _ledger_path(submissions_dir)
+    if not path.exists():
+        return pd.DataFrame(columns=LEDGER_COLUMNS, dtype=str)
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for col in LEDGER_COLUMNS:
+        if col not in df.columns:
+            df[col] = ""
+    return df[LEDGER_COLUMNS]
+
+
+def _append_ledger(submissions_dir: Path, row: dict) -> None:
+    df = read_ledger(submissions_dir)
+    new = pd.DataFrame([{c: "" if row.get(c) is None else str(row[c]) for c in LEDGER_COLUMNS}])
+    write_csv(_ledger_path(submissions_dir), new if df.empty else pd.concat([df, new]))
+
+
+def _update_ledger(submissions_dir: Path, results: dict[str, dict]) -> int:
+    """Write Kaggle's status/score/error into the rows of `results` ({id: list_submissions item});
+    return how many rows changed."""
+    df, changed = read_ledger(submissions_dir), 0
+    for i, sub_id in df["submission_id"].items():
+        s = results.get(sub_id)
+        if s is None or s["status"] == "pending":
+            continue
+        score = "" if s["public_score"] is None else f"{s['public_score']:.5f}"
+        df.loc[i, ["status", "public_score", "error"]] = [s["status"], score, s["error"] or ""]
+        changed += 1
+    if changed:
+        write_csv(_ledger_path(submissions_dir), df)
+    return changed
+
+
+def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
+    """`kit submissions`: the ledger newest first, CV next to the public score (and their gap).
+
+    refresh=True first asks Kaggle (kaggle_io.list_submissions) for every pending row's status.
+    """
+    df = read_ledger(submissions_dir)
+    if df.empty:
+        return f"no submissions yet ({_ledger_path(submissions_dir)} is empty or absent)"
+    note = ""
+    if refresh:
+        from kaggle_kit import kaggle_io
+
+        pending = df.loc[df["status"] == "pending", "competition"].unique()
+        results = {s["id"]: s for comp in pending for s in kaggle_io.list_submissions(comp)}
+        note = f"\nrefreshed: {_update_ledger(submissions_dir, results)} of " \
+               f"{int((df['status'] == 'pending').sum())} pending row(s) updated"
+        df = read_ledger(submissions_dir)
+    df = df.sort_values("time", ascending=False, kind="stable")
+    cv, lb = pd.to_numeric(df["cv"], errors="coerce"), pd.to_numeric(df["public_score"], errors="coerce")
+    table = pd.DataFrame({
+        "time": df["time"].str.replace("+00:00", "Z"), "run": df["run"], "method": df["method"],
+        "cv": df["cv"], "public": df["public_score"], "lb-cv": (lb - cv).map(
+            lambda x: "" if pd.isna(x) else f"{x:+.4f}"),
+        "status": df["status"], "id": df["submission_id"], "message": df["message"].str[:40],
+        "error": df["error"].str[:60]})
+    if not table["error"].str.len().any():
+        table = table.drop(columns="error")
+    return table.to_string(index=False) + note

@@ -77,13 +77,14 @@ def write_tiny_run(runs_dir: Path, comp: str = "tiny", name: str = "tiny-run",
 
 
 def write_tiny_zip(folder: Path, name: str = "tiny") -> Path:
-    """folder/<name>.zip (a sample_submission + a padding file, ~200 kB so a cut is mid-file) and
+    """folder/<name>.zip (a sample_submission + 3 MB of padding: the client writes 1 MiB chunks, so a
+    download cut halfway leaves a non-empty partial to resume) and
     folder/<name>.solution.csv for the double's scoring."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     with zipfile.ZipFile(folder / f"{name}.zip", "w", zipfile.ZIP_STORED) as zf:
         zf.writestr("sample_submission.csv", "Id,Category\n" + "".join(f"{i},cat\n" for i in TINY_IDS))
-        zf.writestr("padding.bin", rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+        zf.writestr("padding.bin", rng.integers(0, 256, 3_000_000, dtype=np.uint8).tobytes())
     pd.DataFrame({"Id": TINY_IDS, "Category": TINY_SOLUTION}).to_csv(
         folder / f"{name}.solution.csv", index=False)
     return folder / f"{name}.zip"

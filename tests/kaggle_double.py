@@ -341,6 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         sent = self._send_file(path, start, limit)
         with self.double.lock:
             self.double.downloads.append({"file": path.name, "range": rng or None,
+                                          "if_range": self.headers.get("If-Range"),
                                           "status": 206 if start else 200, "sent": sent,
                                           "cut": cut})
 

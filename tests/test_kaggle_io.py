@@ -1,0 +1,152 @@
+"""kaggle_io against the local Kaggle API double, with the REAL kaggle client over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kaggle_kit import KitError, kaggle_io
+from tests.conftest import REPO, SHARED_COMPS, requires_shared
+from tests.fx_kaggle import TEST_KEY, TEST_USER
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_download_success_then_noop_then_force(kaggle_double, tmp_path):
+    dest = tmp_path / "dl"
+    path = kaggle_io.download_competition("tiny", dest)
+    assert path == dest / "tiny.zip"
+    assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
+    assert sorted(p.name for p in dest.iterdir()) == ["tiny.zip"]  # no partial/staging left
+    assert len(kaggle_double.downloads) == 1
+
+    assert kaggle_io.download_competition("tiny", dest) == path  # valid zip there: no request
+    assert len(kaggle_double.downloads) == 1
+    kaggle_io.download_competition("tiny", dest, force=True)
+    assert len(kaggle_double.downloads) == 2
+    assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
+
+
+@requires_shared
+def test_download_shared_competition(kaggle_double, tmp_path):
+    path = kaggle_io.download_competition("animals15", tmp_path)
+    assert sha(path) == sha(SHARED_COMPS / "animals15.zip")
+
+
+def test_cut_download_fails_cleanly_then_rerun_resumes(kaggle_double, tmp_path):
+    dest = tmp_path / "dl"
+    kaggle_double.cut_downloads(1, fraction=0.5)
+    with pytest.raises(KitError, match=r"connection to Kaggle dropped .*rerun the same command"):
+        kaggle_io.download_competition("tiny", dest, retries=0)
+    assert not (dest / "tiny.zip").exists()  # the partial is never the final file
+    size = (kaggle_double.folder / "tiny.zip").stat().st_size
+    assert kaggle_double.downloads[0]["sent"] == size // 2
+
+    partial = (dest / ".tiny.download" / "tiny.zip").stat().st_size
+    assert 0 < partial < size
+
+    path = kaggle_io.download_competition("tiny", dest, retries=0)
+    assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
+    # the API call's redirect opens the file once more (its body unread); then the client asks
+    # for the missing bytes only, with If-Range = the ETag it saw before the cut
+    resumed = kaggle_double.downloads[-1]
+    assert resumed["status"] == 206 and resumed["range"] == f"bytes={partial}-"
+    assert resumed["sent"] == size - partial
+    assert sorted(p.name for p in dest.iterdir()) == ["tiny.zip"]
+
+
+def test_cut_download_recovers_within_one_call(kaggle_double, tmp_path):
+    kaggle_double.cut_downloads(1)
+    path = kaggle_io.download_competition("tiny", tmp_path, retries=1)  # client retries once (~2 s)
+    assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (lambda d: d.fail_next(401), r"rejected your credentials \(401.*KAGGLE_USERNAME.*kaggle\.json"),
+    (lambda d: d.rules_not_accepted.add("tiny"),
+     r"accept the competition rules at https://www\.kaggle\.com/competitions/tiny/rules"),
+    (lambda d: d.fail_next(500), r"Kaggle answered HTTP 500 .*try again later"),
+    (lambda d: d.fail_next(400, "Data download is closed"), r"\(400\): Data download is closed"),
+])
+def test_download_http_errors(kaggle_double, tmp_path, setup, expected):
+    setup(kaggle_double)
+    with pytest.raises(KitError, match=expected):
+        kaggle_io.download_competition("tiny", tmp_path / "dl", retries=0)
+    assert not (tmp_path / "dl" / "tiny.zip").exists()
+
+
+def test_download_unknown_competition(kaggle_double, tmp_path):
+    with pytest.raises(KitError, match=r"competition 'no-such-comp' not found on Kaggle \(404\)"):
+        kaggle_io.download_competition("no-such-comp", tmp_path, retries=0)
+
+
+def test_wrong_key_is_401_from_the_server(kaggle_double, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KEY", "not-the-key")
+    with pytest.raises(KitError, match="401"):
+        kaggle_io.list_submissions("tiny")
+
+
+def test_no_credentials_names_both_ways(no_kaggle_creds, tmp_path):
+    for call in (lambda: kaggle_io.download_competition("tiny", tmp_path),
+                 lambda: kaggle_io.list_submissions("tiny"),
+                 lambda: kaggle_io.submit_file("tiny", tmp_path / "x.csv", "m")):
+        with pytest.raises(KitError) as e:
+            call()
+        msg = str(e.value)
+        assert "no Kaggle credentials" in msg
+        assert "KAGGLE_USERNAME" in msg and "KAGGLE_KEY" in msg and "~/.kaggle/kaggle.json" in msg
+
+
+def test_credentials_from_kaggle_json(kaggle_double, tmp_path, monkeypatch):
+    home = Path(os.environ["HOME"])
+    (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+    (home / ".kaggle" / "kaggle.json").write_text(f'{{"username": "{TEST_USER}", "key": "{TEST_KEY}"}}')
+    (home / ".kaggle" / "kaggle.json").chmod(0o600)
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    assert kaggle_io.download_competition("tiny", tmp_path).exists()
+
+
+def test_disk_full_is_named(kaggle_double, tmp_path):
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full absent: cannot make a real ENOSPC")
+    staging = tmp_path / ".tiny.download"  # where download_competition streams the bytes
+    staging.mkdir()
+    (staging / "tiny.zip").symlink_to("/dev/full")  # every write: OSError(ENOSPC)
+    with pytest.raises(KitError, match="disk full while downloading tiny.zip"):
+        kaggle_io.download_competition("tiny", tmp_path, retries=0)
+    assert not (tmp_path / "tiny.zip").exists()
+
+
+def test_list_submissions_shape(kaggle_double, tmp_path):
+    csv = tmp_path / "s.csv"
+    csv.write_text("Id,Category\n3,cat\n10,dog\n7,fox\n1,dog\n22,cat\n5,fox\n")
+    sub = kaggle_io.submit_file("tiny", csv, "all right")
+    assert kaggle_double.uploads == 1
+    (got,) = kaggle_io.list_submissions("tiny")
+    assert got["id"] == sub["id"] and got["status"] == "complete" and got["public_score"] == 1.0
+    assert set(got) == {"id", "status", "public_score", "error", "date", "description"}
+    assert got["description"] == "all right" and got["error"] is None
+
+
+@pytest.mark.parametrize("setup", [
+    lambda d: d.fail_next(401), lambda d: d.rules_not_accepted.add("tiny"),
+    lambda d: d.cut_downloads(9),
+])
+def test_key_never_printed_by_failing_fetch(kaggle_double, tmp_path, setup):
+    """A real subprocess (the client prints to stdout/stderr itself): the key appears nowhere."""
+    setup(kaggle_double)
+    code = ("import sys; from pathlib import Path; from kaggle_kit import kaggle_io\n"
+            "kaggle_io.download_competition('tiny', Path(sys.argv[1]), retries=1)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, cwd=REPO, env=os.environ.copy(), timeout=120)
+    assert out.returncode != 0
+    assert "KitError" in out.stderr
+    assert TEST_KEY not in out.stdout + out.stderr
