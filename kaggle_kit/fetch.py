@@ -18,6 +18,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -119,6 +120,9 @@ def _unpack(src: Path, dest: Path) -> None:
                                                  or (Path(d) == src and n in _OURS)])
     elif zipfile.is_zipfile(src):
         safe_unzip(src, dest)
+    elif src.suffix.lower() == ".zip":
+        raise KitError(f"{src}: not a complete zip archive (an interrupted download?); "
+                       "delete it and rerun (with --force)")
     else:
         raise KitError(f"{src}: neither a zip nor a folder; pass a Kaggle competition zip")
     _lift_single_folder(dest)
@@ -145,10 +149,12 @@ def _unpack_inner(z: Path) -> None:
     """`train.zip` -> `train/` next to it (its own single top folder kept if it has one)."""
     stage = Path(tempfile.mkdtemp(dir=z.parent, prefix=".inner-"))
     safe_unzip(z, stage)
-    entries = [p for p in stage.iterdir()]
-    src, name = (entries[0], entries[0].name) if len(entries) == 1 and entries[0].is_dir() \
-        else (stage, z.stem)
-    target = z.parent / name
+    entries = list(stage.iterdir())
+    if len(entries) == 1 and (entries[0].is_dir() or entries[0].name == z.stem):
+        src = entries[0]  # train.zip holding train/, or train.csv.zip holding train.csv
+    else:
+        src = stage  # train.zip holding the images themselves
+    target = z.parent / (src.name if src is not stage else z.stem)
     if target.exists():
         raise KitError(f"{z}: unpacks to {target}, which is also in the archive; "
                        "unpack it by hand and import the folder with --from")
@@ -171,8 +177,9 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
         _unpack(archive, tmp)
         summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints)
         _replace_dir(tmp, comp.root)
-    except KitError as e:  # name the final path, not the temp folder, in messages
-        raise KitError(str(e).replace(str(tmp), str(comp.root))) from e
+    except KitError as e:  # name the file inside the archive, not the temp folder
+        msg = str(e).replace(f"{tmp}{os.sep}", "").replace(str(tmp), ".")
+        raise KitError(msg if msg.startswith(str(archive)) else f"{archive}: {msg}") from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise KitError(f"{comp.root.parent}: disk full while writing {comp.name}; free space "
@@ -204,7 +211,7 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
     labels, test_ids, warnings = validate(comp.root, layout, n_folds)
     sizes = image_sizes(comp.root, layout, labels["Id"].tolist(), test_ids)
     if len(sizes) > 1:
-        warnings.append(f"{layout['train_dir']}: images have mixed sizes {sizes}; no native cache "
+        warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes {sizes}; no native cache "
                         "is built: set data.image_size in the recipe so they are resized to one")
     files = {p.relative_to(comp.root).as_posix(): sha256_file(p)
              for p in sorted(comp.root.rglob("*")) if p.is_file()}
@@ -218,10 +225,11 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
     if len(sizes) == 1:
         meta["cache"] = _build_caches(comp)
     comp.write_meta(meta)
-    return _summary(meta, warnings)
+    return _summary(meta, warnings, sum(c["decode_s"] for c in meta["cache"].values()))
 
 
 def _build_caches(comp: CompetitionDir) -> dict:
+    """Native caches for train and test ({"train_native": info, ...}); decodes only if missing."""
     from kaggle_kit.images import build_cache
 
     cache = {}
@@ -229,18 +237,19 @@ def _build_caches(comp: CompetitionDir) -> dict:
         info = build_cache(comp, split, None, progress=sys.stderr.isatty())
         info["path"] = Path(info["path"]).relative_to(comp.root).as_posix()
         if info.pop("built"):
+            info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             _say(f"decoded {info['n']} {split} images in {info['decode_s']:.2f} s -> "
                  f"{info['path']} ({info['bytes'] / 1e6:.1f} MB)")
         cache[f"{split}_native"] = info
     return cache
 
 
-def _summary(meta: dict, warnings: list[str]) -> dict:
+def _summary(meta: dict, warnings: list[str], decode_s: float) -> dict:
     cache = meta.get("cache", {})
     return {"competition": meta["name"], "classes": len(meta["classes"]),
             "n_train": meta["n_train"], "n_test": meta["n_test"], "folds": meta["folds"],
             "image_sizes": meta["image_sizes"],
-            "decode_s": round(sum(c["decode_s"] for c in cache.values()), 3),
+            "decode_s": round(decode_s, 3),  # spent in this call
             "cache_mb": round(sum(c["bytes"] for c in cache.values()) / 1e6, 2),
             "warnings": warnings}
 
@@ -274,7 +283,8 @@ def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> dict:
 
 def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool,
                      hints: dict) -> dict:
-    """Already fetched: check hashes, folds and cache; change nothing unless asked to."""
+    """Already fetched: check hashes, folds and cache; write nothing unless asked to refold
+    or a cache file went missing."""
     meta = comp.meta()
     for key, val in hints.items():
         if val is not None and meta.get(key) != val:
@@ -285,24 +295,34 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
     if bad:
         raise KitError(f"{comp.root / bad[0]}: missing or changed since fetch ({len(bad)} files); "
                        "rerun with --force to refetch")
-    rec = meta["folds"]
-    folds_ok = comp.folds_path.exists() and sha256_file(comp.folds_path) == rec.get("sha256")
-    status = "verified: already fetched, nothing to do"
-    if (rec.get("k"), rec.get("seed")) != (n_folds, seed) or not folds_ok:
-        if not refold:
-            what = (f"folds.csv was made with --folds {rec.get('k')} --seed {rec.get('seed')}"
-                    if folds_ok else "folds.csv is missing or changed since fetch")
-            raise KitError(f"{comp.folds_path}: {what}; pass --refold to remake it with --folds "
-                           f"{n_folds} --seed {seed} (runs on the old folds will not compare)")
+    status = "no-op: already fetched and verified"
+    if _check_folds(comp, meta["folds"], n_folds, seed, refold):
         meta["folds"] = write_folds(comp, n_folds, seed)
         status = f"refolded: folds.csv remade with --folds {n_folds} --seed {seed}"
-    elif refold:
-        status = "verified: folds already made with these --folds/--seed, nothing to do"
+    decode_s = 0.0
     if len(meta["image_sizes"]) == 1:
-        meta["cache"] = _build_caches(comp)  # no decoding when the cache is there
-    comp.write_meta(meta)
+        rebuilt = {k: v for k, v in _build_caches(comp).items() if "built_at" in v}
+        if rebuilt:  # only when a cache file was deleted
+            meta["cache"].update(rebuilt)
+            decode_s = sum(v["decode_s"] for v in rebuilt.values())
+            status += f"; rebuilt missing cache {sorted(rebuilt)}"
+    if not status.startswith("no-op") or decode_s:
+        comp.write_meta(meta)
     _say(f"{comp.root}: {status}")
-    return {"status": status, "path": str(comp.root), **_summary(meta, [])}
+    return {"status": status, "path": str(comp.root), **_summary(meta, [], decode_s)}
+
+
+def _check_folds(comp: CompetitionDir, rec: dict, n_folds: int, seed: int, refold: bool) -> bool:
+    """Whether folds.csv must be remade; another k/seed or a changed file needs `refold`."""
+    intact = comp.folds_path.exists() and sha256_file(comp.folds_path) == rec.get("sha256")
+    if intact and (rec.get("k"), rec.get("seed")) == (n_folds, seed):
+        return False
+    if not refold:
+        what = (f"made with --folds {rec.get('k')} --seed {rec.get('seed')}" if intact
+                else "missing or changed since fetch")
+        raise KitError(f"{comp.folds_path}: {what}; pass --refold to remake it with --folds "
+                       f"{n_folds} --seed {seed} (runs on the old folds will not compare)")
+    return True
 
 
 # ----------------------------------------------------------------------------- layout
