@@ -307,7 +307,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             _save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.log(f"{name} " + "  ".join(f"{k} {_fmt(v)}" for k, v in row.items()))
+        ctx.progress.console.log(_epoch_line(name, row, tr.epochs))
         _maybe_simulated_kill()
         spent = time.perf_counter() - t_model
         if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
@@ -579,8 +579,10 @@ def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(-np.log(pt).mean()), float((p.argmax(1) == y).mean())
 
 
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _epoch_line(name: str, r: dict, epochs: int) -> str:
+    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
+    return (f"{name} {r['epoch']}/{epochs} train {r['train_loss']:.4f} {r['train_acc']:.4f} "
+            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
 
 
 def _maybe_simulated_kill() -> None:

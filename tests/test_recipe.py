@@ -1,0 +1,110 @@
+"""Recipe schema: shipped recipes validate, strictness (unknown keys, types), overrides, listing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kaggle_kit import KitError
+from kaggle_kit.recipe import dump, list_recipes, load
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+SHIPPED = sorted(RECIPES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_recipe_validates_and_has_header(path: Path) -> None:
+    rec = load(path)
+    head = path.read_text().splitlines()[:3]
+    assert all(line.startswith("#") for line in head), f"{path}: needs a 3-line header comment"
+    assert "Run:" in head[1] and "CV" in head[2]
+    assert rec.competition == ("demo" if path.stem == "demo" else "animals15")
+
+
+def test_expected_recipes_are_shipped() -> None:
+    names = {p.stem for p in SHIPPED}
+    assert {"demo", "baseline_cnn", "resnet_fast", "resnet_fast_targeted", "vgg16", "vgg19",
+            "xception"} <= names
+    assert load(RECIPES / "resnet_fast.yaml").augment.targeted is None
+    t = load(RECIPES / "resnet_fast_targeted.yaml").augment.targeted
+    assert t.classes == ["leopard", "squirrel", "shark", "dolphin"]
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+BASE = {"competition": "demo", "model": {"name": "kit_resnet9"}, "train": {"epochs": 1, "lr": 0.1}}
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({**BASE, "train": {"epochs": 1, "lr": 0.1, "batchsize": 8}},
+     r"unknown key 'train\.batchsize' \(did you mean 'batch_size'\?\)"),
+    ({**BASE, "modle": {"name": "x"}}, r"unknown key 'modle' \(did you mean 'model'"),
+    ({**BASE, "augment": {"targeted": {"clases": ["a"]}}}, r"augment\.targeted\.clases.*'classes'"),
+    ({**BASE, "train": {"epochs": "many", "lr": 0.1}}, r"train\.epochs: .*integer"),
+    ({**BASE, "train": {"epochs": 1, "lr": 0.1, "optimizer": "adam"}}, r"train\.optimizer"),
+    ({**BASE, "train": {"epochs": 1, "lr": 0.1, "mixed_precision": "fp8"}}, r"mixed_precision"),
+    ({**BASE, "cv": {"test_from": "refit"}}, r"needs refit"),
+    ({**BASE, "augment": {"targeted": {"auto": 3}}}, r"from_run"),
+    ({**BASE, "augment": {"targeted": {"classes": ["a"], "auto": 3, "from_run": "x"}}}, r"exactly one"),
+])
+def test_bad_recipes_fail_with_one_line(tmp_path: Path, raw: dict, match: str) -> None:
+    with pytest.raises(KitError, match=match) as e:
+        load(_write(tmp_path, raw))
+    assert "\n" not in str(e.value)
+
+
+def test_overrides_are_dotted_and_yaml_typed() -> None:
+    rec = load(RECIPES / "resnet_fast.yaml",
+               ["train.epochs=2", "model.name=resnet18", "cv.folds=[0, 2]", "train.ema=0.99",
+                "data.limit=64", "augment.flip=false", "tta.views=[orig]", "seed=7"])
+    assert (rec.train.epochs, rec.model.name, rec.cv.folds, rec.train.ema) == (2, "resnet18", [0, 2], 0.99)
+    assert (rec.data.limit, rec.augment.flip, rec.tta.views, rec.seed) == (64, False, ["orig"], 7)
+    assert load(RECIPES / "resnet_fast.yaml").train.epochs != 2  # the file is untouched
+
+
+@pytest.mark.parametrize("item, match", [
+    ("train.epochz=2", r"did you mean 'epochs'"),
+    ("train.epochs", r"expected key=value"),
+    ("train.epochs=two", r"train\.epochs"),
+    ("seed.x=1", r"'seed' is not a section"),
+])
+def test_bad_overrides(item: str, match: str) -> None:
+    with pytest.raises(KitError, match=match):
+        load(RECIPES / "demo.yaml", [item])
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    rec = load(RECIPES / "resnet_fast_targeted.yaml", ["train.epochs=3"])
+    p = tmp_path / "resolved.yaml"
+    p.write_text(dump(rec))
+    assert load(p) == rec
+
+
+def test_missing_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(KitError, match="not found"):
+        load(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
+    with pytest.raises(KitError, match="not valid YAML"):
+        load(tmp_path / "bad.yaml")
+
+
+def test_list_recipes_descriptions() -> None:
+    listed = dict(list_recipes(RECIPES))
+    assert listed[RECIPES / "demo.yaml"].startswith("demo:")
+    assert len(listed) == len(SHIPPED)
+    with pytest.raises(KitError):
+        list_recipes(RECIPES / "nope")
+
+
+def test_validation_does_not_import_torch() -> None:
+    code = ("import sys; from kaggle_kit.recipe import load; "
+            f"load({str(RECIPES / 'resnet_fast.yaml')!r}); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
