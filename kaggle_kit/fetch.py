@@ -57,6 +57,8 @@ def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | Non
     if comp.root.exists() and any(comp.root.iterdir()) and not force:
         raise KitError(f"{comp.root}: exists but has no competition.json; "
                        "pass --force to replace it with a fresh fetch")
+    if force and not refold and comp.meta_path.exists():
+        _keep_folds_explicit(comp, n_folds, seed)
     return _import(comp, source, force, n_folds, seed, hints)
 
 
@@ -211,8 +213,9 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
     labels, test_ids, warnings = validate(comp.root, layout, n_folds)
     sizes = image_sizes(comp.root, layout, labels["Id"].tolist(), test_ids)
     if len(sizes) > 1:
-        warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes {sizes}; no native cache "
-                        "is built: set data.image_size in the recipe so they are resized to one")
+        warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
+                        f"{sizes}; no native cache is built: set data.image_size in the recipe "
+                        "so they are resized to one size")
     files = {p.relative_to(comp.root).as_posix(): sha256_file(p)
              for p in sorted(comp.root.rglob("*")) if p.is_file()}
     meta = {"name": name, **layout, "classes": sorted(labels["label"].unique()),
@@ -310,6 +313,18 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
         comp.write_meta(meta)
     _say(f"{comp.root}: {status}")
     return {"status": status, "path": str(comp.root), **_summary(meta, [], decode_s)}
+
+
+def _keep_folds_explicit(comp: CompetitionDir, n_folds: int, seed: int) -> None:
+    """--force keeps the fold split; changing k or seed needs --refold as well."""
+    try:
+        rec = comp.meta().get("folds", {})
+    except KitError:
+        return  # corrupt competition.json: --force is how to recover
+    if rec and (rec.get("k"), rec.get("seed")) != (n_folds, seed):
+        raise KitError(f"{comp.folds_path}: made with --folds {rec.get('k')} --seed "
+                       f"{rec.get('seed')}; pass those again, or --refold to change them to "
+                       f"--folds {n_folds} --seed {seed}")
 
 
 def _check_folds(comp: CompetitionDir, rec: dict, n_folds: int, seed: int, refold: bool) -> bool:

@@ -266,6 +266,8 @@ def test_refold_rules_and_force(tmp_path):
     (comp.root / "train" / "4.png").unlink()  # damage -> verify fails, --force refetches
     with pytest.raises(KitError, match="train/4.png: missing or changed since fetch.*--force"):
         fetch("toy", data_dir=data, n_folds=2, seed=5)
+    with pytest.raises(KitError, match="made with --folds 2 --seed 5; pass those again, or --refold"):
+        fetch("toy", data_dir=data, source=src, force=True)  # --force alone keeps the folds
     out = fetch("toy", data_dir=data, source=src, n_folds=2, seed=5, force=True)
     assert out["status"] == "fetched" and (comp.root / "train" / "4.png").exists()
     assert sorted(p.name for p in data.iterdir()) == ["toy"]
