@@ -15,6 +15,7 @@ tiny hand-written competition + run for submission tests.
 from __future__ import annotations
 
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -91,8 +92,8 @@ def write_tiny_zip(folder: Path, name: str = "tiny") -> Path:
 
 
 def _serve_dir(tmp: Path) -> Path:
-    """A folder of competition zips for the double: tiny, demo (if demo_data exists), and links to
-    the shared competitions (if present)."""
+    """A folder of competition zips for the double: tiny, demo + digits (the demo under a slug
+    that `kit fetch` downloads), and links to the shared competitions (if present)."""
     from tests.conftest import SHARED_COMPS
 
     write_tiny_zip(tmp)
@@ -100,6 +101,9 @@ def _serve_dir(tmp: Path) -> Path:
         from kaggle_kit import demo_data
         demo_data.build_demo_zip(tmp)
         demo_data.demo_solution().to_csv(tmp / "demo.solution.csv", index=False)
+        # `kit fetch demo` is built offline; under another slug it is downloaded from the double
+        shutil.copy(tmp / "demo.zip", tmp / "digits.zip")
+        shutil.copy(tmp / "demo.solution.csv", tmp / "digits.solution.csv")
     except ImportError:
         pass
     for z in SHARED_COMPS.glob("*.zip") if SHARED_COMPS.exists() else []:

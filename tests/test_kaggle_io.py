@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kaggle_kit import KitError, kaggle_io
@@ -150,3 +152,53 @@ def test_key_never_printed_by_failing_fetch(kaggle_double, tmp_path, setup):
     assert out.returncode != 0
     assert "KitError" in out.stderr
     assert TEST_KEY not in out.stdout + out.stderr
+
+
+# ----------------------------------------------------------------------------- kit fetch end to end
+
+
+def _kit(*args: str):
+    from typer.testing import CliRunner
+
+    from kaggle_kit.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
+    """`kit fetch digits` downloads with the real client; a rerun is a no-op; a run predicting the
+    hidden labels then scores 1.0 through `kit submit`."""
+    pytest.importorskip("kaggle_kit.demo_data")
+    data = tmp_path / "data"
+    result = _kit("fetch", "digits", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((data / "digits" / "competition.json").read_text())
+    assert len(meta["classes"]) == 10 and meta["n_test"] == 359
+    n_downloads = len(kaggle_double.downloads)
+    assert _kit("fetch", "digits", "--data-dir", str(data)).exit_code == 0
+    assert len(kaggle_double.downloads) == n_downloads  # verified, nothing downloaded again
+
+    from kaggle_kit.demo_data import demo_solution
+    from kaggle_kit.workspace import RunDir
+
+    sol = demo_solution()
+    run = RunDir(tmp_path / "runs" / "oracle")
+    run.root.mkdir(parents=True)
+    probs = pd.get_dummies(sol.set_index("Id")["Category"]).astype(float)[meta["classes"]]
+    run.write_test(probs, meta["classes"])
+    run.write_summary({"run": "oracle", "kind": "train", "competition": "digits",
+                       "cv": {"accuracy": 1.0}})
+    result = _kit("submit", str(run.root), "--data-dir", str(data),
+                  "--submissions-dir", str(tmp_path / "subs"), "--timeout", "30")
+    assert result.exit_code == 0, result.output
+    assert "public score 1.00000" in result.output
+
+
+@requires_shared
+def test_kit_fetch_animals15_from_the_double(kaggle_double, tmp_path):
+    data = tmp_path / "data"
+    result = _kit("fetch", "animals15", "--data-dir", str(data))
+    assert result.exit_code == 0, result.output
+    meta = json.loads((data / "animals15" / "competition.json").read_text())
+    assert (len(meta["classes"]), meta["n_train"], meta["n_test"]) == (15, 7200, 1800)
+    assert not list((data / ".downloads").glob(".*.download"))  # no staging left behind
