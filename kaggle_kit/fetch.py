@@ -32,7 +32,6 @@ from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 _JUNK = {"__MACOSX", ".DS_Store", "Thumbs.db"}
 _OURS = {"competition.json", "folds.csv", "cache"}  # written by fetch, not shipped by Kaggle
-_HINTS = ("id_col", "label_col", "train_dir", "test_dir")
 
 
 def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | None = None,

@@ -165,6 +165,24 @@ def test_ambiguous_layout_names_the_flag_to_pass(tmp_path):
     assert (m["label_col"], m["train_dir"], m["test_dir"]) == ("Category", "a", "b")
 
 
+def test_ids_with_extension_and_an_extra_test_csv(tmp_path):
+    src = make_comp(tmp_path / "src", train_dir="images", test_dir="test_images", ext=".jpg")
+    df = pd.read_csv(src / "train.csv", dtype=str).rename(columns={"Id": "image_id"})
+    df["image_id"] += ".jpg"  # the CSV names files, not Ids
+    df.to_csv(src / "train.csv", index=False)
+    sub = pd.read_csv(src / "sample_submission.csv", dtype=str).rename(columns={"Id": "image_id"})
+    sub["image_id"] += ".jpg"
+    sub.to_csv(src / "sample_submission.csv", index=False)
+    sub[["image_id"]].to_csv(src / "test.csv", index=False)  # Kaggle often ships this too
+    fetch("toy", data_dir=tmp_path / "data", source=src, n_folds=2)
+    comp = CompetitionDir.open(tmp_path / "data", "toy")
+    m = comp.meta()
+    assert (m["labels_csv"], m["id_col"], m["ext"], m["train_dir"], m["test_dir"]) == (
+        "train.csv", "image_id", "", "images", "test_images")
+    ids, arr = load_cache(comp, "train")
+    assert ids[0] == "1.jpg" and abs(int(arr[0].mean()) - _pixel("1")) <= 2  # JPEG is lossy
+
+
 # ----------------------------------------------------------------------------- validation
 
 
