@@ -144,23 +144,33 @@ def _explain(e: Exception, competition: str, doing: str) -> KitError:
         msg = f"Kaggle rejected the request while {doing} (400): {reason}"
     elif status is not None:
         msg = f"Kaggle answered HTTP {status} while {doing}: {reason}; try again later"
-    elif _is_network(e):
+    elif _is_dropped(e):
         msg = (f"connection to Kaggle dropped while {doing} ({type(e).__name__}); "
                f"check the network and rerun the same command (it resumes)")
+    elif _is_unreachable(e):
+        msg = (f"could not reach Kaggle while {doing} ({type(e).__name__}); check the network "
+               f"(and KAGGLE_API_ENVIRONMENT, if set) and rerun")
     else:
         msg = f"Kaggle client failed while {doing}: {type(e).__name__}: {reason}"
     return KitError(_scrub(msg))
 
 
-def _is_network(e: Exception) -> bool:
+def _is_dropped(e: Exception) -> bool:
+    """The connection broke mid-transfer (a partial body), as opposed to never being made."""
     import requests
     import urllib3.exceptions
 
-    net = (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-           requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
-           urllib3.exceptions.ReadTimeoutError, ConnectionError)
+    cut = (requests.exceptions.ChunkedEncodingError, urllib3.exceptions.ProtocolError,
+           urllib3.exceptions.ReadTimeoutError, requests.exceptions.ReadTimeout)
     size_mismatch = isinstance(e, ValueError) and "does not match expected size" in str(e)
-    return size_mismatch or any(isinstance(x, net) for x in _chain(e))
+    return size_mismatch or any(isinstance(x, cut) for x in _chain(e))
+
+
+def _is_unreachable(e: Exception) -> bool:
+    import requests
+
+    net = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)
+    return any(isinstance(x, net) for x in _chain(e))
 
 
 # ----------------------------------------------------------------------------- operations

@@ -197,7 +197,7 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
         comp = CompetitionDir.open(data_dir, info["competition"])
         df = build_submission(run, comp)
         validate_submission(df, comp, f"submission built from {run.test_path}")
-        return write_submission(df, submissions_dir, run.name), info
+        return _reuse_identical(write_submission(df, submissions_dir, run.name), run.name), info
     if not target.is_file():
         raise KitError(f"{target}: neither a run folder nor a submission CSV")
     stamped = re.match(r"\d{8}T\d{6}Z-(.+?)(-\d+)?\.csv$", target.name)
@@ -211,6 +211,18 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
     df = pd.read_csv(target, dtype=str, keep_default_na=False)
     validate_submission(df, comp, str(target))
     return target, info
+
+
+def _reuse_identical(path: Path, run_name: str) -> Path:
+    """An earlier `<stamp>-<run>.csv` with the same bytes instead of `path` (deleted), so retrying
+    a failed upload does not pile up copies; else `path`."""
+    digest = sha256_file(path)
+    pattern = re.compile(rf"\d{{8}}T\d{{6}}Z-{re.escape(run_name)}(-\d+)?\.csv")
+    for old in sorted(path.parent.glob(f"*-{run_name}*.csv")):
+        if old != path and pattern.fullmatch(old.name) and sha256_file(old) == digest:
+            path.unlink()
+            return old
+    return path
 
 
 def _run_info(run: RunDir, competition: str | None) -> dict:

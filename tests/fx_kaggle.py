@@ -2,9 +2,10 @@
 the official client uses under KAGGLE_API_ENVIRONMENT=LOCALHOST), credential environments, and a
 tiny hand-written competition + run for submission tests.
 
-- `kaggle_server` (session): the running double serving `<comp>.zip` from a tmp folder holding the
-  demo zip (+ its solution) and a tiny `tiny.zip`; animals15 / cifar10-mini are served from
-  SHARED_COMPS when present. Skips (with the reason) when port 80 stays busy.
+- `kaggle_server` (module; its folder `kaggle_files` is built once per session): the running double
+  serving `<comp>.zip` from a tmp folder holding `tiny.zip`, the demo zip as `demo.zip` and
+  `digits.zip` (+ solutions); animals15 / cifar10-mini from SHARED_COMPS when present. Skips (with
+  the reason) when port 80 stays busy.
 - `kaggle_double` (function): the server reset to a clean state + env pointing the real client at
   it (KAGGLE_API_ENVIRONMENT=LOCALHOST, KAGGLE_USERNAME, KAGGLE_KEY, HOME -> empty tmp dir).
 - `no_kaggle_creds`: HOME -> empty tmp dir, every KAGGLE_* credential variable unset.
@@ -112,12 +113,22 @@ def _serve_dir(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kaggle_server(tmp_path_factory):
-    """The local Kaggle API double on 127.0.0.1:80 for the whole session (skip if port 80 busy)."""
-    folder = _serve_dir(tmp_path_factory.mktemp("kaggle_files"))
-    server = KaggleDouble(folder, username=TEST_USER, key=TEST_KEY)
+def kaggle_files(tmp_path_factory) -> Path:
+    """The folder the double serves (built once per session)."""
+    return _serve_dir(tmp_path_factory.mktemp("kaggle_files"))
+
+
+@pytest.fixture(scope="module")
+def kaggle_server(kaggle_files):
+    """The local Kaggle API double on 127.0.0.1:80, held for one test module at a time.
+
+    Port 80 is shared by every test session on the machine, so the double holds it only while a
+    module that needs it runs (not the whole session); a busy port is retried every second for
+    KIT_TEST_PORT_WAIT seconds (default 90), then the tests skip saying why.
+    """
+    server = KaggleDouble(kaggle_files, username=TEST_USER, key=TEST_KEY)
     try:
-        server.start(wait_s=float(os.environ.get("KIT_TEST_PORT_WAIT", "60")))
+        server.start(wait_s=float(os.environ.get("KIT_TEST_PORT_WAIT", "90")))
     except PortBusy as e:
         pytest.skip(f"local Kaggle API double not started: {e}")
     yield server
@@ -165,6 +176,6 @@ def tiny_run(tmp_path, tiny_comp) -> RunDir:
     return write_tiny_run(tmp_path / "runs")
 
 
-__all__ = ["kaggle_server", "kaggle_double", "no_kaggle_creds", "tiny_comp", "tiny_run",
+__all__ = ["kaggle_files", "kaggle_server", "kaggle_double", "no_kaggle_creds", "tiny_comp", "tiny_run",
            "TEST_USER", "TEST_KEY", "TINY_CLASSES", "TINY_IDS", "TINY_SOLUTION",
            "write_tiny_comp", "write_tiny_run", "write_tiny_zip"]

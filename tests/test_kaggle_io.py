@@ -138,19 +138,37 @@ def test_list_submissions_shape(kaggle_double, tmp_path):
     assert got["description"] == "all right" and got["error"] is None
 
 
-@pytest.mark.parametrize("setup", [
-    lambda d: d.fail_next(401), lambda d: d.rules_not_accepted.add("tiny"),
-    lambda d: d.cut_downloads(9),
-])
-def test_key_never_printed_by_failing_fetch(kaggle_double, tmp_path, setup):
-    """A real subprocess (the client prints to stdout/stderr itself): the key appears nowhere."""
-    setup(kaggle_double)
+@pytest.mark.parametrize("case", ["401", "403", "404", "nocreds"])
+def test_kit_fetch_errors_one_line_and_key_never_printed(kaggle_double, tmp_path, monkeypatch, case):
+    """`kit fetch` in a real subprocess: exit 1, one `error:` line, the key nowhere."""
+    comp, expected = "tiny", {"401": "401", "403": "competitions/tiny/rules", "404": "404",
+                              "nocreds": "no Kaggle credentials"}[case]
+    if case == "401":
+        monkeypatch.setenv("KAGGLE_USERNAME", "someone-else")
+    elif case == "403":
+        kaggle_double.rules_not_accepted.add("tiny")
+    elif case == "404":
+        comp = "no-such-comp"
+    else:
+        monkeypatch.delenv("KAGGLE_USERNAME")
+    out = subprocess.run([sys.executable, "-m", "kaggle_kit", "fetch", comp, "--data-dir",
+                          str(tmp_path / "data")], capture_output=True, text=True, cwd=REPO,
+                         env=os.environ.copy(), timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
+    assert expected in out.stderr
+    assert TEST_KEY not in out.stdout + out.stderr
+    assert not (tmp_path / "data" / comp).exists()  # nothing half-written
+
+
+def test_key_never_printed_in_a_traceback(kaggle_double, tmp_path):
+    """Even uncaught (a traceback with the exception chain) after a cut download."""
+    kaggle_double.cut_downloads(9)
     code = ("import sys; from pathlib import Path; from kaggle_kit import kaggle_io\n"
             "kaggle_io.download_competition('tiny', Path(sys.argv[1]), retries=1)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, cwd=REPO, env=os.environ.copy(), timeout=120)
-    assert out.returncode != 0
-    assert "KitError" in out.stderr
+    assert out.returncode != 0 and "Traceback" in out.stderr and "KitError" in out.stderr
     assert TEST_KEY not in out.stdout + out.stderr
 
 

@@ -207,6 +207,7 @@ def test_401_403_and_no_credentials(kaggle_double, ws, monkeypatch):
     with pytest.raises(KitError, match=r"no Kaggle credentials .*KAGGLE_USERNAME.*kaggle\.json"):
         submit("tiny-run", **ws)
     assert kaggle_double.uploads == 0 and read_ledger(ws["submissions_dir"]).empty
+    assert len(list(ws["submissions_dir"].glob("*.csv"))) == 1  # retries reuse the identical file
 
 
 def test_poll_timeout_keeps_pending_then_refresh(kaggle_double, ws):
