@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from kaggle_kit import KitError
@@ -111,3 +113,83 @@ def _progress(items: list[str], split: str, enabled: bool):
     from rich.progress import track
 
     yield from track(items, description=f"decoding {split}", transient=True)
+
+
+# --- Dataset over the cache (owned by the models/augment helper) -------------------------------
+
+class Batch(NamedTuple):
+    """A collated batch as `ImageDataset.__getitems__` returns it: x (B,3,H,W) uint8 (NHWC memory,
+    i.e. channels_last strides), y (B,) int64 labels (-1 if unlabelled), idx (B,) int64 rows."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+
+
+class ImageDataset:
+    """Map-style dataset over a (N,H,W,3) uint8 array (e.g. the memory-mapped cache).
+
+    `ds[i]` -> (uint8 tensor (3,H,W), label int or -1, i). `ds.__getitems__(rows)` -> Batch, the
+    fast path torch's DataLoader uses (pass `collate_fn=collate_uint8`): rows without a per-image
+    transform are sliced from the array in one go, with no per-image Python work; only rows that
+    `transform` or their class's `class_transforms` entry touch go through albumentations (the
+    class pipeline runs after the common one). Normalisation happens later, on the device.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None,
+                 transform=None, class_transforms: dict | None = None):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"images must be (N,H,W,3) uint8, got {images.shape} {images.dtype}")
+        self.images = images
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
+        if self.labels is not None and len(self.labels) != len(images):
+            raise ValueError(f"{len(self.labels)} labels for {len(images)} images")
+        self.transform = transform
+        self.class_transforms = {int(k): v for k, v in (class_transforms or {}).items()}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _label(self, i: int) -> int:
+        return -1 if self.labels is None else int(self.labels[i])
+
+    def _augment(self, img: np.ndarray, label: int) -> np.ndarray:
+        out = img
+        for t in (self.transform, self.class_transforms.get(label)):
+            if t is not None:
+                out = t(image=np.ascontiguousarray(out))["image"]
+        if out.shape != img.shape or out.dtype != np.uint8:
+            raise KitError(f"augment: the transforms turned a {img.shape} uint8 image into "
+                           f"{out.shape} {out.dtype}; keep size and dtype (no Resize/Normalize/"
+                           "ToTensorV2: resizing is data.image_size, normalisation is the loop's)")
+        return out
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        i = int(i)
+        label = self._label(i)
+        img = self._augment(np.asarray(self.images[i]), label)
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label, i
+
+    def __getitems__(self, indices) -> Batch:
+        rows = np.asarray(indices, dtype=np.int64)
+        x = np.array(self.images[rows])  # (B,H,W,3) uint8, one copy
+        y = (np.full(len(rows), -1, np.int64) if self.labels is None else self.labels[rows])
+        if self.transform is not None:
+            touched = np.arange(len(rows))
+        else:
+            touched = np.flatnonzero(np.isin(y, list(self.class_transforms))) \
+                if self.class_transforms else np.zeros(0, np.int64)
+        for j in touched:
+            x[j] = self._augment(x[j], int(y[j]))
+        return Batch(torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(y.copy()),
+                     torch.from_numpy(rows))
+
+
+def collate_uint8(batch) -> Batch:
+    """collate_fn for ImageDataset: passes a Batch from `__getitems__` through; stacks a list of
+    `__getitem__` samples into a Batch otherwise."""
+    if isinstance(batch, Batch):
+        return batch
+    xs, ys, idx = zip(*batch, strict=True)
+    x = torch.stack([t.permute(1, 2, 0) for t in xs]).permute(0, 3, 1, 2)  # NHWC memory
+    return Batch(x, torch.tensor(ys, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64))
