@@ -183,3 +183,22 @@ def test_blend_of_blends(tmp_path):
     assert [m["kind"] for m in s["members"]] == ["blend", "blend"]
     assert s["cv"]["accuracy"] > max(m.summary()["cv"]["accuracy"] for m in r)
     assert len(list((tmp_path / "subs").glob("*-top.csv"))) == 1
+
+
+def test_kit_blend_cli_prints_the_leaderboard_and_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from kaggle_kit.cli import app
+
+    comp = make_comp(tmp_path / "data")
+    a = make_run(tmp_path / "runs", "a", comp, signal=1.5, seed=1)
+    b = make_run(tmp_path / "runs", "b", comp, signal=1.0, seed=2)
+    opts = ["--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"),
+            "--submissions-dir", str(tmp_path / "subs")]
+    res = CliRunner().invoke(app, ["blend", str(a.root), str(b.root), "--method", "mean",
+                                   "--name", "cli", *opts])
+    assert res.exit_code == 0, res.output
+    assert "[mean]" in res.output and "submission:" in res.output
+    _corrupt("ids", b, tmp_path)
+    res = CliRunner().invoke(app, ["blend", str(a.root), str(b.root), *opts])
+    assert res.exit_code == 1 and "other Ids" in res.output and "Traceback" not in res.output

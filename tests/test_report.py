@@ -99,3 +99,20 @@ def test_suggested_block_is_a_valid_recipe_augment_section(tmp_path):
     specs = [dict(t) for t in aug.targeted.transforms]
     pipe = A.Compose([getattr(A, t.pop("name"))(**t) for t in specs])
     assert pipe(image=np.zeros((32, 32, 3), np.uint8))["image"].shape == (32, 32, 3)
+
+
+def test_kit_report_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from kaggle_kit.cli import app
+
+    comp = make_comp(tmp_path / "data")
+    a = make_run(tmp_path / "runs", "a", comp, signal=1.0)
+    b = make_run(tmp_path / "runs", "b", comp, signal=2.0, seed=1)
+    res = CliRunner().invoke(app, ["report", str(b.root), "--against", str(a.root),
+                                   "--data-dir", str(tmp_path / "data")])
+    assert res.exit_code == 0, res.output
+    assert "OVERALL" in res.output
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "runs" / "nope"),
+                                   "--data-dir", str(tmp_path / "data")])
+    assert res.exit_code == 1 and "not found" in res.output
