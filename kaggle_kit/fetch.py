@@ -215,6 +215,7 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
         warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
                         f"{sizes}; no native cache is built: set data.image_size in the recipe "
                         "so they are resized to one size")
+        _decode_all(comp.root, layout, labels["Id"].tolist(), test_ids)  # no cache to catch it
     files = {p.relative_to(comp.root).as_posix(): sha256_file(p)
              for p in sorted(comp.root.rglob("*")) if p.is_file()}
     meta = {"name": name, **layout, "classes": sorted(labels["label"].unique()),
@@ -513,11 +514,12 @@ def _check_files(root: Path, layout: dict, csv: str, ids: pd.Series, split: str)
 def _orphans(root: Path, layout: dict, train_ids: pd.Series, test_ids: pd.Series) -> list[str]:
     """Warnings for images that no CSV row names (they are ignored)."""
     warnings, ext = [], layout["ext"]
-    for split, ids in (("train", train_ids), ("test", test_ids)):
+    splits = [("train", train_ids), ("test", test_ids)]
+    if layout["train_dir"] == layout["test_dir"]:  # one folder: its images are train or test
+        splits = [("train", pd.concat([train_ids, test_ids]))]
+    for split, ids in splits:
         folder = layout[f"{split}_dir"]
         known = set(ids + ext)
-        if layout["train_dir"] == layout["test_dir"]:
-            known |= set(train_ids + ext) | set(test_ids + ext)
         extra = sorted(n for n in os.listdir(root / folder)
                        if Path(n).suffix.lower() in IMAGE_EXTS and n not in known)
         if extra:
@@ -527,6 +529,15 @@ def _orphans(root: Path, layout: dict, train_ids: pd.Series, test_ids: pd.Series
     return warnings
 
 
+def _decode_all(root: Path, layout: dict, train_ids: list[str], test_ids: list[str]) -> None:
+    """Decode every image once (and drop it): finds truncated files when no cache is built."""
+    from kaggle_kit.images import decode_image
+
+    for split, ids in (("train", train_ids), ("test", test_ids)):
+        for i in ids:
+            decode_image(root / layout[f"{split}_dir"] / f"{i}{layout['ext']}")
+
+
 def image_sizes(root: Path, layout: dict, train_ids: list[str],
                 test_ids: list[str]) -> dict[str, int]:
     """Size histogram {"HxW": n} of all train + test images, most common first (headers only)."""
@@ -534,7 +545,7 @@ def image_sizes(root: Path, layout: dict, train_ids: list[str],
     paths = [root / layout["train_dir"] / f"{i}{layout['ext']}" for i in train_ids]
     paths += [root / layout["test_dir"] / f"{i}{layout['ext']}" for i in test_ids]
     for path in paths:
-        try:
+        try:  # reads the header only: truncation is caught when decoding
             with Image.open(path) as im:
                 key = f"{im.size[1]}x{im.size[0]}"
         except (UnidentifiedImageError, OSError, SyntaxError) as e:

@@ -252,6 +252,9 @@ def test_mixed_sizes_warn_with_histogram_and_skip_the_native_cache(tmp_path):
     comp = CompetitionDir.open(tmp_path / "data", "toy")
     assert comp.meta()["cache"] == {} and not comp.cache_dir.exists()
     assert fetch("toy", data_dir=tmp_path / "data", n_folds=2)["status"].startswith("no-op")
+    path = src / "train" / "3.png"  # without a cache, truncation is still found by decoding
+    path.write_bytes(path.read_bytes()[:45])  # signature + IHDR + a piece of IDAT
+    assert "train/3.png: unreadable or truncated" in fetch_error(src, tmp_path / "d2", n_folds=2)
 
 
 def test_class_with_fewer_images_than_folds(tmp_path):
