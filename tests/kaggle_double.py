@@ -6,6 +6,8 @@ With KAGGLE_API_ENVIRONMENT=LOCALHOST, kaggle 2.2.5 / kagglesdk send
 body (camelCase field names) and HTTP basic auth KAGGLE_USERNAME:KAGGLE_KEY. Error responses are
 JSON {"code": <status>, "message": ...}; the client raises requests.HTTPError(message).
 
+  ListDataFiles       {competitionName, pageSize, pageToken} -> {"files": [{"ref", "name",
+                      "totalBytes", "creationDate"}], "nextPageToken"}  (the zip's entries)
   DownloadDataFiles   {competitionName} -> 302 Location: /files/<comp>.zip (the client follows it
                       as GET, streams the body; Range + If-Range resume, ETag, Last-Modified)
   StartSubmissionUpload {competitionName, fileName, contentLength, lastModifiedEpochSeconds}
@@ -260,6 +262,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Location", f"/files/{comp}.zip?token={secrets.token_hex(4)}")
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _api_ListDataFiles(self, comp: str, req: dict) -> None:  # noqa: N802
+        import zipfile
+
+        with zipfile.ZipFile(self.double._zip(comp)) as zf:
+            files = [{"ref": i.filename, "name": i.filename, "totalBytes": i.file_size,
+                      "creationDate": datetime(*i.date_time).isoformat() + ".000Z"}
+                     for i in zf.infolist() if not i.is_dir()]
+        self._json(200, {"files": files, "nextPageToken": ""})
 
     def _api_StartSubmissionUpload(self, comp: str, req: dict) -> None:  # noqa: N802
         token = secrets.token_hex(8)

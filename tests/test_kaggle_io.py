@@ -220,3 +220,31 @@ def test_kit_fetch_animals15_from_the_double(kaggle_double, tmp_path):
     meta = json.loads((data / "animals15" / "competition.json").read_text())
     assert (len(meta["classes"]), meta["n_train"], meta["n_test"]) == (15, 7200, 1800)
     assert not list((data / ".downloads").glob(".*.download"))  # no staging left behind
+
+
+# ----------------------------------------------------------------------------- the double itself
+
+
+def test_double_lists_data_files_to_the_real_client(kaggle_double):
+    files = kaggle_io._api().competition_list_files("tiny").files
+    assert sorted(f.name for f in files) == ["padding.bin", "sample_submission.csv"]
+    assert {f.name: f.total_bytes for f in files}["padding.bin"] == 3_000_000
+
+
+def test_double_scores_and_explains_a_bad_file(kaggle_double, tmp_path):
+    """Bypassing kit's validation: Kaggle's own reason comes back in list_submissions."""
+    csv = tmp_path / "short.csv"
+    csv.write_text("Id,Category\n3,cat\n")
+    sub = kaggle_io.submit_file("tiny", csv, "too short")
+    (got,) = kaggle_io.list_submissions("tiny")
+    assert got["id"] == sub["id"] and got["status"] == "error" and got["public_score"] is None
+    assert got["error"] == "Submission must have 6 rows with the solution's Id values; found 1 rows"
+
+
+def test_double_daily_limit_with_retry_after(kaggle_double, tmp_path):
+    csv = tmp_path / "s.csv"
+    csv.write_text("Id,Category\n3,cat\n10,dog\n7,fox\n1,dog\n22,cat\n5,fox\n")
+    kaggle_double.daily_limit = 1
+    kaggle_io.submit_file("tiny", csv, "first")
+    with pytest.raises(KitError, match=r"daily submission limit .*allowance \(1\).*\(in 6\.5 h\)"):
+        kaggle_io.submit_file("tiny", csv, "second")
