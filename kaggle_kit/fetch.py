@@ -353,6 +353,9 @@ def detect_layout(root: Path, id_col: str | None = None, label_col: str | None =
     sub = _read_csv(root / sample)
     labels_csv = _pick_labels_csv(root, [c for c in csvs if c != sample], id_col, label_col)
     df = _read_csv(root / labels_csv)
+    for csv, n in ((labels_csv, len(df)), (sample, len(sub))):
+        if n == 0:
+            raise KitError(f"{csv}: no rows; refetch with --force (is this the right competition?)")
     id_col = id_col or _pick_id_col(labels_csv, df, sub)
     label_col = label_col or _pick_label_col(labels_csv, df, sub, id_col)
     for col, opt in ((id_col, "--id-col"), (label_col, "--label-col")):

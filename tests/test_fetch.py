@@ -242,6 +242,12 @@ def test_empty_label(tmp_path):
     assert "train.csv line 6: Id 5 has an empty Category" in msg and "fill it in" in msg
 
 
+def test_empty_label_csv(tmp_path):
+    src = make_comp(tmp_path / "src")
+    (src / "train.csv").write_text("Id,Category\n")
+    assert "train.csv: no rows" in fetch_error(src, tmp_path / "data")
+
+
 def test_mixed_sizes_warn_with_histogram_and_skip_the_native_cache(tmp_path):
     src = make_comp(tmp_path / "src", size=(8, 8))
     write_image(src / "train" / "2.png", 9, (16, 12))
