@@ -211,8 +211,8 @@ def write_run_plots(run: RunDir, labels: pd.Series | None = None, *,
         if labels is None:
             comp = run_competition(run, data_dir)
             labels = comp.labels().set_index("Id")["label"] if comp is not None else None
-        if labels is not None:
-            oof = run.read_oof()
+        oof = run.read_oof()
+        if labels is not None and len(oof):  # a refit-only run has no OOF rows
             classes = [c for c in oof.columns if c != "fold"]
             y = encode_labels(labels, oof.index, classes, str(run.oof_path))
             p = oof[classes].to_numpy(dtype=float)
@@ -307,9 +307,15 @@ def single_report(path: Path, data_dir: Path, k_worst: int = 4) -> str:
     t2 = _table("most-confused pairs", ["pair", "total", "a->b", "b->a"],
                 [[f"{a} <-> {b}", str(x + z), str(x), str(z)] for a, b, x, z in pairs])
     worst = [r["class"] for r in rows[:k_worst]]
-    block = targeted_block(worst)
-    return "\n\n".join([t1, t2, f"suggested targeted augmentation ({k_worst} worst classes):",
-                        block])
+    parts = [t1, t2, f"suggested targeted augmentation ({k_worst} worst classes):",
+             targeted_block(worst)]
+    summary = run.summary()
+    if summary.get("kind") == "blend" and summary.get("leaderboard"):
+        from kaggle_kit.blend import leaderboard_text
+
+        parts.insert(0, f"blend ({summary.get('method')}) leaderboard:\n"
+                     + leaderboard_text(summary["leaderboard"], summary.get("method")))
+    return "\n\n".join(parts)
 
 
 def targeted_classes(summary: dict) -> set[str]:

@@ -114,3 +114,11 @@ def test_kit_report_cli(tmp_path):
     res = CliRunner().invoke(app, ["report", str(tmp_path / "runs" / "nope"),
                                    "--data-dir", str(tmp_path / "data")])
     assert res.exit_code == 1 and "not found" in res.output
+
+
+def test_plots_of_a_run_without_oof_rows_write_curves_only(tmp_path):
+    comp = make_comp(tmp_path / "data")
+    run = make_run(tmp_path / "runs", "refit_only", comp)
+    run.write_oof(run.read_oof().iloc[:0], comp.classes)  # e.g. cv.folds: [] with refit
+    write_run_plots(run, comp.labels().set_index("Id")["label"])
+    assert run.curves_png.exists() and not run.confusion_png.exists()
