@@ -171,8 +171,10 @@ def _unpack_inner(z: Path) -> None:
 def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
             hints: dict) -> dict:
     comp.root.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
-    tmp = Path(tempfile.mkdtemp(dir=comp.root.parent, prefix=f".{comp.name}.partial-"))
+    tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
+                                prefix=f".{comp.name}.partial-{os.getpid()}-"))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the final folder should look like any other
     try:
         _unpack(archive, tmp)
@@ -193,6 +195,24 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
         with contextlib.suppress(OSError):
             archive.parent.rmdir()  # .downloads/, if now empty
     return {"status": "fetched", "path": str(comp.root), **summary}
+
+
+def _remove_stale(comp: CompetitionDir) -> None:
+    """Remove temp folders left by a fetch that was killed (-9) before it could clean up."""
+    for p in comp.root.parent.glob(f".{comp.name}.[po][al]*-*"):  # .partial-<pid>-*, .old-<pid>
+        m = re.fullmatch(rf"\.{re.escape(comp.name)}\.(?:partial|old)-(\d+)(?:-.*)?", p.name)
+        if m and p.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _replace_dir(new: Path, final: Path) -> None:

@@ -324,6 +324,23 @@ def test_zip_slip_is_rejected_before_anything_is_written(tmp_path, evil):
     assert not (tmp_path / "out").exists()
 
 
+def test_zip_symlink_entry_is_rejected(tmp_path):
+    zip_path = zip_dir(make_comp(tmp_path / "src"), tmp_path / "toy.zip")
+    with zipfile.ZipFile(zip_path, "a") as zf:
+        info = zipfile.ZipInfo("train/link.png")
+        info.external_attr = 0o120777 << 16  # a symlink entry, pointing anywhere
+        zf.writestr(info, "/etc/passwd")
+    assert "'train/link.png' would be written outside" in fetch_error(zip_path, tmp_path / "data")
+
+
+def test_leftovers_of_a_killed_fetch_are_removed(tmp_path):
+    data = tmp_path / "data"
+    dead = data / ".toy.partial-999999999-abc"  # no such pid
+    (dead / "train").mkdir(parents=True)
+    fetch("toy", data_dir=data, source=make_comp(tmp_path / "src"), n_folds=2)
+    assert sorted(p.name for p in data.iterdir()) == ["toy"]
+
+
 def test_truncated_zip_is_a_clear_error(tmp_path):
     zip_path = zip_dir(make_comp(tmp_path / "src"), tmp_path / "toy.zip")
     zip_path.write_bytes(zip_path.read_bytes()[:-300])
