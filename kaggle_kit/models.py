@@ -202,14 +202,15 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False,
         if not path.is_file():
             raise KitError(f"model.pretrained_file: {path} not found; give the path of a "
                            ".pth/.bin/.safetensors weights file")
-        n_file = _file_num_classes(path, cfg.classifier if cfg else None)
+        shapes = _file_shapes(path)
+        n_file = next((shapes[k][0] for k in _classifier_keys(cfg) if k in shapes), -1)
         kwargs |= {"pretrained": True,
                    "pretrained_cfg_overlay": {"file": str(path), "num_classes": n_file}}
     elif pretrained:
         _check_weights_reachable(name, cfg)
         kwargs["pretrained"] = True
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
     except TypeError as e:
         extra = [k for k in ("drop_rate", "drop_path_rate", "img_size") if k in kwargs]
         raise KitError(f"model.name={name}: does not accept {extra} ({e}); "
@@ -221,6 +222,9 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False,
         src = pretrained_file or "pretrained weights"
         raise KitError(f"model.pretrained_file: {src} does not fit {name} ({first}); "
                        "use weights saved from the same architecture") from e
+    if pretrained_file:
+        _check_file_fits(model, shapes, path, name, cfg)
+    return model
 
 
 def _check_name(name: str) -> None:
@@ -232,26 +236,44 @@ def _check_name(name: str) -> None:
     raise KitError(f"model.name={name}: unknown model; {hint}")
 
 
-def _file_num_classes(path: Path, classifier: str | tuple | None) -> int:
-    """Rows of the classifier weight stored in a weights file, or -1 if absent (head then random)."""
-    if not classifier:
-        return -1
-    keys = [c + ".weight" for c in ((classifier,) if isinstance(classifier, str) else classifier)]
+def _file_shapes(path: Path) -> dict[str, tuple]:
+    """{key: shape} of the tensors in a weights file (checkpoint wrappers and 'module.' removed),
+    read lazily (safetensors header / mmap) so large files cost little."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
-                return next((f.get_slice(k).get_shape()[0] for k in keys if k in f.keys()), -1)
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise KitError(f"model.pretrained_file: {path} is not a readable weights file ({e})") from e
+        raise KitError(f"model.pretrained_file: {path} is not a readable weights file "
+                       f"({str(e).splitlines()[0][:150]})") from e
     for k in ("state_dict_ema", "model_ema", "state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(k), dict):
             sd = sd[k]
             break
-    sd = {k.removeprefix("module."): v for k, v in sd.items()} if isinstance(sd, dict) else {}
-    return next((int(sd[k].shape[0]) for k in keys if k in sd), -1)
+    if not isinstance(sd, dict):
+        raise KitError(f"model.pretrained_file: {path} holds no state dict")
+    return {k.removeprefix("module."): tuple(v.shape) for k, v in sd.items()
+            if isinstance(v, torch.Tensor)}
+
+
+def _classifier_keys(cfg) -> list[str]:
+    heads = (cfg.classifier if cfg else None) or ()
+    return [h + ".weight" for h in ((heads,) if isinstance(heads, str) else heads)]
+
+
+def _check_file_fits(model: nn.Module, shapes: dict, path: Path, name: str, cfg) -> None:
+    """timm loads non-strictly when it swaps the head: refuse a file that holds under half of the
+    model's trunk tensors (another architecture), which would otherwise load silently."""
+    heads = tuple(k.removesuffix(".weight") for k in _classifier_keys(cfg))
+    trunk = [k for k in model.state_dict() if not (heads and k.startswith(heads))]
+    missing = [k for k in trunk if k not in shapes]
+    if trunk and len(missing) > len(trunk) / 2:
+        raise KitError(f"model.pretrained_file: {path} does not fit {name} ({len(missing)} of "
+                       f"{len(trunk)} tensors missing, e.g. {missing[0]}); use weights saved "
+                       "from the same architecture")
 
 
 def _check_weights_reachable(name: str, cfg) -> None:
