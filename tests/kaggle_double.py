@@ -24,6 +24,9 @@ PENDING for `score_after_polls` ListSubmissions calls (None: until `finish_scori
 Faults: `fail_next(status, ...)`, `rules_not_accepted.add(comp)`, `cut_downloads(n)`,
 `daily_limit`. Counters: `uploads`, `calls`, `downloads`.
 
+Port 80 needs root and is shared by everything on the machine: `start(fallback=True)` then binds a
+free port and serves as the HTTP proxy for http://localhost instead (HTTP_PROXY=`self.proxy`).
+
 Standalone: python -m tests.kaggle_double --dir ../shared/competitions [--port 80]
 """
 
@@ -44,6 +47,7 @@ from datetime import datetime, timezone
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -69,6 +73,7 @@ class KaggleDouble:
         self.host, self.port = host, port
         self.lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
+        self.proxy: str | None = None  # set by start() when serving as a proxy
         self._etags: dict[Path, tuple[float, str]] = {}
         self.reset()
 
@@ -112,20 +117,31 @@ class KaggleDouble:
 
     @property
     def url(self) -> str:
-        return f"http://localhost:{self.port}" if self.port != 80 else "http://localhost"
+        """Where the client sends requests: KaggleApi knows only http://localhost (port 80)."""
+        return "http://localhost"
 
-    def start(self, wait_s: float = 60.0) -> KaggleDouble:
-        """Bind host:port (retrying every second while busy, up to wait_s) and serve in a thread."""
+    def start(self, wait_s: float = 60.0, fallback: bool = False) -> KaggleDouble:
+        """Bind host:port (retrying every second while busy, up to wait_s) and serve in a thread.
+
+        fallback=True: if the port stays busy, or binding it is not allowed (port 80 needs root),
+        bind a free port instead and serve as the HTTP proxy for http://localhost: `self.proxy`
+        is then the value for HTTP_PROXY (requests honours it; the client's URLs are unchanged).
+        """
         deadline = time.monotonic() + wait_s
-        while True:
+        while self._httpd is None:
             try:
                 self._httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
-                break
             except OSError as e:
-                if e.errno not in (errno.EADDRINUSE, errno.EACCES) or time.monotonic() > deadline:
-                    raise PortBusy(f"{self.host}:{self.port} busy or not allowed for {wait_s:.0f} s "
-                                   f"({e.strerror}); another test session may hold it") from e
-                time.sleep(1.0)
+                busy = e.errno == errno.EADDRINUSE and time.monotonic() < deadline
+                if busy:
+                    time.sleep(1.0)
+                elif fallback and e.errno in (errno.EADDRINUSE, errno.EACCES):
+                    self._httpd = ThreadingHTTPServer((self.host, 0), _Handler)
+                else:
+                    raise PortBusy(f"{self.host}:{self.port} busy or not allowed for "
+                                   f"{wait_s:.0f} s ({e.strerror})") from e
+        bound = self._httpd.server_address[1]
+        self.proxy = None if bound == 80 else f"http://{self.host}:{bound}"
         self._httpd.daemon_threads = True
         self._httpd.double = self
         threading.Thread(target=self._httpd.serve_forever, daemon=True,
@@ -200,6 +216,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt, *args) -> None:  # quiet: tests read the client's output
         pass
+
+    def parse_request(self) -> bool:
+        """Also accept proxy-style absolute URLs (`POST http://localhost/api/...`)."""
+        ok = super().parse_request()
+        if ok and self.path.startswith("http://"):
+            parts = urlsplit(self.path)
+            self.path = parts.path + (f"?{parts.query}" if parts.query else "")
+        return ok
 
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -373,15 +397,18 @@ def main(argv: list[str] | None = None) -> None:
     """Serve a folder of <comp>.zip files until Ctrl-C, printing the env to point kit at it."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dir", type=Path, required=True, help="folder of <comp>.zip (+ .solution.csv)")
-    p.add_argument("--port", type=int, default=80, help="80 is the only port KaggleApi uses")
+    p.add_argument("--port", type=int, default=80,
+                   help="80: the client reaches it directly; another port: set HTTP_PROXY to it")
     p.add_argument("--user", default="kit-user")
     p.add_argument("--key", default=None, help="default: a random one, printed below")
     args = p.parse_args(argv)
     d = KaggleDouble(args.dir, args.user, args.key, port=args.port).start(wait_s=0)
     comps = sorted(z.stem for z in args.dir.glob("*.zip"))
-    print(f"local Kaggle API double on {d.url} serving {comps}; in another shell:\n"
-          f"  export KAGGLE_API_ENVIRONMENT=LOCALHOST KAGGLE_USERNAME={d.username} "
-          f"KAGGLE_KEY={d.key}\n  kit fetch {comps[0] if comps else '<comp>'}", flush=True)
+    proxy = f" HTTP_PROXY={d.proxy}" if d.proxy else ""
+    print(f"local Kaggle API double for {d.url} on port {d._httpd.server_address[1]} serving "
+          f"{comps}; in another shell:\n  export KAGGLE_API_ENVIRONMENT=LOCALHOST "
+          f"KAGGLE_USERNAME={d.username} KAGGLE_KEY={d.key}{proxy}\n"
+          f"  kit fetch {comps[0] if comps else '<comp>'}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
             time.sleep(3600)

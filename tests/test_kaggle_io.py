@@ -15,6 +15,7 @@ import pytest
 from kaggle_kit import KitError, kaggle_io
 from tests.conftest import REPO, SHARED_COMPS, requires_shared
 from tests.fx_kaggle import TEST_KEY, TEST_USER
+from tests.kaggle_double import KaggleDouble
 
 
 def sha(path: Path) -> str:
@@ -248,3 +249,19 @@ def test_double_daily_limit_with_retry_after(kaggle_double, tmp_path):
     kaggle_io.submit_file("tiny", csv, "first")
     with pytest.raises(KitError, match=r"daily submission limit .*allowance \(1\).*\(in 6\.5 h\)"):
         kaggle_io.submit_file("tiny", csv, "second")
+
+
+def test_double_as_proxy_when_port_80_is_taken(kaggle_double, kaggle_files, monkeypatch):
+    """The fallback used where port 80 is busy or needs root (a GitHub runner): a second double
+    on a free port, reached through HTTP_PROXY with the client's URLs unchanged."""
+    second = KaggleDouble(kaggle_files, username=TEST_USER, key=TEST_KEY)
+    second.start(wait_s=0, fallback=True)
+    try:
+        if kaggle_double.proxy is None:  # the first one holds port 80
+            assert second.proxy is not None
+        monkeypatch.setenv("HTTP_PROXY", second.proxy)
+        monkeypatch.setenv("http_proxy", second.proxy)
+        assert kaggle_io.list_submissions("tiny") == []
+        assert second.calls == ["ListSubmissions"] and kaggle_double.calls == []
+    finally:
+        second.stop()
