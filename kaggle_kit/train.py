@@ -66,6 +66,7 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     if acc.is_main_process:
         _prepare_run_dir(run_dir, recipe_text, resume)
     acc.wait_for_everyone()
+    _check_augment(rec, targeted)
     ctx = _context(acc, rec, comp, run_dir, targeted)
     models = _model_plan(rec, ctx)
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
@@ -137,6 +138,18 @@ def resolve_targeted(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path) 
     return {"classes": chosen, "factor": t.factor, "transforms": t.transforms, "source": source}
 
 
+def _check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
+    """Fail before training on a bad albumentations spec or TTA view name."""
+    import torch
+
+    from kaggle_kit import augment
+
+    augment.build_transform(rec.augment.transforms, where="augment.transforms")
+    if targeted:
+        augment.build_transform(targeted["transforms"], where="augment.targeted.transforms")
+    augment.tta_views(torch.zeros(1, 3, 4, 4), rec.tta.views)
+
+
 def _precision(mode: str) -> str:
     """Accelerate's mixed_precision: auto = bf16 on GPUs that support it, none on CPU."""
     import torch
@@ -206,7 +219,7 @@ def _context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir,
                ids=folds["Id"].tolist(), x=torch.from_numpy(x).to(dev),
                y=torch.tensor(folds["label"].map(cls_index).to_numpy(), device=dev),
                fold=folds["fold"].to_numpy(), test_ids=list(test_ids),
-               test_x=torch.from_numpy(np.ascontiguousarray(test_x)).to(dev),
+               test_x=torch.from_numpy(np.array(test_x)).to(dev),
                mean=torch.tensor(mean, device=dev).view(1, 3, 1, 1).float(),
                std=torch.tensor(std, device=dev).view(1, 3, 1, 1).float(),
                img_size=s or int(x.shape[1]), targeted=targeted, x_np=x,
@@ -340,7 +353,7 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
 
     acc, tr, aug = ctx.acc, ctx.rec.train, ctx.rec.augment
     batches = _epoch_batches(ctx, rows, seed, name, epoch)
-    loader = _loader(ctx, batches) if _needs_per_image(ctx) else None
+    loader = _loader(ctx, batches, _seed(seed, name, epoch) % 2**31) if _needs_per_image(ctx) else None
     gen = torch.Generator(device=ctx.x.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
     mixing = (tr.mixup > 0 or tr.cutmix > 0) and tr.mix_prob > 0
     task = ctx.progress.add_task(f"epoch {epoch + 1}", total=len(batches))
@@ -352,13 +365,15 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             idx = torch.as_tensor(batch, device=ctx.x.device)
             xb, yb = ctx.x[idx], ctx.y[idx]
         else:
-            xb, yb = batch[0].to(acc.device, non_blocking=True), batch[1].to(acc.device, non_blocking=True)
+            xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
+            yb = batch.y.to(acc.device, non_blocking=True)
         x = augment.batch_augment(_to_input(ctx, xb), flip=aug.flip, pad_crop=aug.pad_crop,
                                   generator=gen)
         target = yb
         if mixing:
-            x, target = augment.mix_batch(x, yb, len(ctx.classes), mixup=tr.mixup,
-                                          cutmix=tr.cutmix, prob=tr.mix_prob, generator=gen)
+            onehot = torch.nn.functional.one_hot(yb, len(ctx.classes)).float()
+            x, target = augment.mix_batch(x, onehot, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
+                                          prob=tr.mix_prob, generator=gen)
         sync = (step + 1) % tr.grad_accum == 0 or step == len(batches) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
             with acc.autocast():
@@ -459,18 +474,18 @@ def _needs_per_image(ctx: Ctx) -> bool:
     return bool(ctx.rec.augment.transforms or (ctx.targeted and ctx.targeted["transforms"]))
 
 
-def _loader(ctx: Ctx, batches: list):
+def _loader(ctx: Ctx, batches: list, seed: int):
     """DataLoader over the uint8 cache applying albumentations per image (workers), yielding
-    (uint8 (B,H,W,3), int64 (B,)) batches in exactly the order of `batches`."""
+    images.Batch (x (B,3,H,W) uint8, y, idx) in exactly the order of `batches`."""
     import torch
 
     from kaggle_kit import augment, images
 
-    transform = augment.build_transform(ctx.rec.augment.transforms)
+    transform = augment.build_transform(ctx.rec.augment.transforms, seed=seed)
     per_class = {}
-    if ctx.targeted and ctx.targeted["transforms"]:
-        extra = augment.build_transform(ctx.targeted["transforms"])
-        per_class = {ctx.classes.index(c): extra for c in ctx.targeted["classes"]}
+    if ctx.targeted and ctx.targeted["transforms"]:  # extra pipeline for the targeted classes only
+        specs = {ctx.classes.index(c): ctx.targeted["transforms"] for c in ctx.targeted["classes"]}
+        per_class = augment.build_class_transforms(specs, seed=seed)
     ds = images.ImageDataset(ctx.x_np, ctx.y_np, transform, per_class)
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
