@@ -52,6 +52,7 @@ def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | Non
     comp = CompetitionDir(Path(data_dir) / competition)
     hints = {"id_col": id_col, "label_col": label_col, "train_dir": train_dir, "test_dir": test_dir}
     if comp.meta_path.exists() and not force:
+        _same_source(comp, source)
         return _verify_existing(comp, n_folds, seed, refold, hints)
     if comp.root.exists() and any(comp.root.iterdir()) and not force:
         raise KitError(f"{comp.root}: exists but has no competition.json; "
@@ -178,7 +179,9 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the final folder should look like any other
     try:
         _unpack(archive, tmp)
-        summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints)
+        origin = {"source": str(archive) if not ours else comp.name,
+                  "sha256": sha256_file(archive) if archive.is_file() else None}
+        summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints, origin)
         _replace_dir(tmp, comp.root)
     except KitError as e:  # name the file inside the archive, not the temp folder
         msg = str(e).replace(f"{tmp}{os.sep}", "").replace(str(tmp), ".")
@@ -226,7 +229,8 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict) -> dict:
+def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict,
+           origin: dict) -> dict:
     """Detect, validate, hash, fold and cache the unpacked competition in `comp.root`."""
     layout = detect_layout(comp.root, **hints)
     labels, test_ids, warnings = validate(comp.root, layout, n_folds)
@@ -240,7 +244,7 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
              for p in sorted(comp.root.rglob("*")) if p.is_file()}
     meta = {"name": name, **layout, "classes": sorted(labels["label"].unique()),
             "n_train": len(labels), "n_test": len(test_ids), "image_sizes": sizes,
-            "folds": {}, "files": files, "cache": {}}
+            "folds": {}, "files": files, "cache": {}, "origin": origin}
     comp.write_meta(meta)
     meta["folds"] = write_folds(comp, n_folds, seed)
     for w in warnings:
@@ -302,6 +306,16 @@ def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- rerun
+
+
+def _same_source(comp: CompetitionDir, source: Path | None) -> None:
+    """`--from` another zip than the one fetched must not be silently ignored."""
+    if source is None or not Path(source).is_file():
+        return
+    recorded = comp.meta().get("origin", {}).get("sha256")
+    if recorded and sha256_file(source) != recorded:
+        raise KitError(f"--from {source}: differs from the archive {comp.name} was fetched from; "
+                       "pass --force to import it instead")
 
 
 def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool,

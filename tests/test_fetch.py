@@ -300,6 +300,16 @@ def test_refold_rules_and_force(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["toy"]
 
 
+def test_another_zip_without_force_is_an_error(tmp_path):
+    first = zip_dir(make_comp(tmp_path / "a"), tmp_path / "a.zip")
+    second = zip_dir(make_comp(tmp_path / "b", per_class=5), tmp_path / "b.zip")
+    fetch("toy", data_dir=tmp_path / "data", source=first, n_folds=2)
+    assert fetch("toy", data_dir=tmp_path / "data", source=first, n_folds=2)["status"].startswith("no-op")
+    with pytest.raises(KitError, match="b.zip: differs from the archive toy was fetched from; pass --force"):
+        fetch("toy", data_dir=tmp_path / "data", source=second, n_folds=2)
+    assert fetch("toy", data_dir=tmp_path / "data", source=second, n_folds=2, force=True)["n_train"] == 10
+
+
 def test_folder_without_competition_json_needs_force(tmp_path):
     (tmp_path / "data" / "toy").mkdir(parents=True)
     (tmp_path / "data" / "toy" / "notes.txt").write_text("mine")
