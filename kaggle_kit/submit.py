@@ -182,8 +182,9 @@ def submit(target: Path, *, message: str | None = None, dry_run: bool = False,
     _update_ledger(Path(submissions_dir), {sub["id"]: result})
     if result["status"] == "error":
         raise KitError(f"{path}: Kaggle could not score submission {sub['id']}: {result['error']}")
-    return (f"submission {sub['id']} ({path.name}): public score {result['public_score']:.5f}"
-            f" | CV {info['cv'] or '?'}")
+    score = result["public_score"]
+    return (f"submission {sub['id']} ({path.name}): public score "
+            f"{'(none yet)' if score is None else f'{score:.5f}'} | CV {info['cv'] or '?'}")
 
 
 def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Path,
@@ -284,12 +285,12 @@ def _append_ledger(submissions_dir: Path, row: dict) -> None:
 
 
 def _update_ledger(submissions_dir: Path, results: dict[str, dict]) -> int:
-    """Write Kaggle's status/score/error into the rows of `results` ({id: list_submissions item});
-    return how many rows changed."""
+    """Write Kaggle's final status/score/error into the pending rows found in `results`
+    ({id: list_submissions item}); return how many rows changed."""
     df, changed = read_ledger(submissions_dir), 0
     for i, sub_id in df["submission_id"].items():
         s = results.get(sub_id)
-        if s is None or s["status"] == "pending":
+        if s is None or s["status"] == "pending" or df.loc[i, "status"] != "pending":
             continue
         score = "" if s["public_score"] is None else f"{s['public_score']:.5f}"
         df.loc[i, ["status", "public_score", "error"]] = [s["status"], score, s["error"] or ""]
@@ -316,7 +317,7 @@ def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
         note = f"\nrefreshed: {_update_ledger(submissions_dir, results)} of " \
                f"{int((df['status'] == 'pending').sum())} pending row(s) updated"
         df = read_ledger(submissions_dir)
-    df = df.sort_values("time", ascending=False, kind="stable")
+    df = df.iloc[::-1].sort_values("time", ascending=False, kind="stable")  # ties: later row first
     cv, lb = pd.to_numeric(df["cv"], errors="coerce"), pd.to_numeric(df["public_score"], errors="coerce")
     table = pd.DataFrame({
         "time": df["time"].str.replace("+00:00", "Z"), "run": df["run"], "method": df["method"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,15 @@ def test_double_as_proxy_when_port_80_is_taken(kaggle_double, kaggle_files, monk
         assert second.calls == ["ListSubmissions"] and kaggle_double.calls == []
     finally:
         second.stop()
+
+
+def test_unreachable_kaggle(kaggle_double, tmp_path, monkeypatch):
+    """Nothing listening (a closed port as the proxy): 'could not reach', nothing written."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("HTTP_PROXY", closed)
+    monkeypatch.setenv("http_proxy", closed)
+    with pytest.raises(KitError, match=r"could not reach Kaggle while downloading tiny\.zip"):
+        kaggle_io.download_competition("tiny", tmp_path / "dl", retries=0)
+    assert not (tmp_path / "dl" / "tiny.zip").exists()
