@@ -219,6 +219,9 @@ def load_members(paths: list[Path], data_dir: Path) -> tuple[CompetitionDir, lis
     summaries = [RunDir(Path(p)).summary() for p in paths]
     first = summaries[0].get("competition")
     for p, s in zip(paths, summaries, strict=True):
+        if not s.get("competition"):
+            raise KitError(f"{RunDir(Path(p)).summary_path}: no 'competition' key; is {p} a run "
+                           "made by kit train or kit blend?")
         if s.get("competition") != first:
             raise KitError(f"{p}: a run of competition '{s.get('competition')}', but {paths[0]} is "
                            f"of '{first}'; blend runs of one competition")
