@@ -270,14 +270,17 @@ def _leaderboard(members: list[Member], scores: list[dict], results: list[dict])
 
 
 def leaderboard_text(rows: list[dict], chosen: str) -> str:
-    """The leaderboard as aligned plain text, best honest accuracy first."""
-    head = f"{'':2}{'member / method':28} {'honest acc':>10} {'honest ll':>10} {'in-sample acc':>13} {'in-sample ll':>12}"
+    """The leaderboard as aligned plain text (no [..]: safe to pass through rich markup)."""
+    w = max(15, *(len(r["name"]) for r in rows))
+    head = (f"{'kind':6} {'member / method':{w}} {'honest acc':>10} {'honest ll':>9} "
+            f"{'in-smp acc':>10} {'in-smp ll':>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        mark = "->" if r["kind"] == "method" and r["name"] == chosen else ""
-        label = r["name"] if r["kind"] == "member" else f"[{r['name']}]"
-        lines.append(f"{mark:2}{label:28} {r['honest_accuracy']:10.4f} {r['honest_log_loss']:10.4f} "
-                     f"{r['insample_accuracy']:13.4f} {r['insample_log_loss']:12.4f}")
+        kept = "  <- kept" if r["kind"] == "method" and r["name"] == chosen else ""
+        kind = "member" if r["kind"] == "member" else "blend"
+        lines.append(f"{kind:6} {r['name']:{w}} {r['honest_accuracy']:10.4f} "
+                     f"{r['honest_log_loss']:9.4f} {r['insample_accuracy']:10.4f} "
+                     f"{r['insample_log_loss']:9.4f}{kept}")
     return "\n".join(lines)
 
 
@@ -372,7 +375,8 @@ def blend(runs: list[Path], *, method: str = "best", name: str | None = None,
     best_member = max(scores, key=lambda s: s["cv"]["accuracy"])["cv"]["accuracy"]
     return "\n".join([
         f"blend of {len(members)} runs of {comp.name} on {len(y)} OOF rows, "
-        f"{len(np.unique(folds))} folds (honest = nested CV; -> = kept)",
+        f"{len(np.unique(folds))} folds (honest = nested CV over the folds; in-smp = in-sample, fitted and "
+        "scored on all OOF rows)",
         leaderboard_text(summary["leaderboard"], chosen["method"]), "",
         f"kept: {chosen['method']}  honest OOF accuracy {summary['cv']['accuracy']:.4f} "
         f"(best member {best_member:.4f}, {summary['cv']['accuracy'] - best_member:+.4f}), "

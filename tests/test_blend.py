@@ -76,7 +76,9 @@ def test_blend_writes_a_run_and_a_valid_submission(tmp_path):
     subs = list((tmp_path / "subs").glob("*-wb.csv"))
     assert len(subs) == 1
     validate_submission(pd.read_csv(subs[0], dtype=str), comp, str(subs[0]))
-    assert "honest acc" in text and "in-sample" in text and "[stack]" in text
+    assert "honest acc" in text and "in-sample" in text
+    assert any(ln.split()[:2] == ["blend", "weighted"] and ln.endswith("<- kept")
+               for ln in text.splitlines())
 
 
 def test_best_picks_the_best_honest_method_and_default_name(tmp_path):
@@ -198,7 +200,7 @@ def test_kit_blend_cli_prints_the_leaderboard_and_one_line_errors(tmp_path):
     res = CliRunner().invoke(app, ["blend", str(a.root), str(b.root), "--method", "mean",
                                    "--name", "cli", *opts])
     assert res.exit_code == 0, res.output
-    assert "[mean]" in res.output and "submission:" in res.output
+    assert "blend  mean" in res.output and "submission:" in res.output
     _corrupt("ids", b, tmp_path)
     res = CliRunner().invoke(app, ["blend", str(a.root), str(b.root), *opts])
     assert res.exit_code == 1 and "other Ids" in res.output and "Traceback" not in res.output
