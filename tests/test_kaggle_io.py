@@ -217,6 +217,7 @@ def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
 
 
 @requires_shared
+@pytest.mark.slow  # 8-15 s here (21 MB + 9,000 PNG decodes), more on a busy machine
 def test_kit_fetch_animals15_from_the_double(kaggle_double, tmp_path):
     data = tmp_path / "data"
     result = _kit("fetch", "animals15", "--data-dir", str(data))
