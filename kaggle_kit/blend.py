@@ -195,6 +195,11 @@ def _check_member(path: Path, s: dict, comp: CompetitionDir, folds: pd.DataFrame
                        f"{s['folds_sha256'][:12]} != {fsha[:12]} of {comp.folds_path}); retrain "
                        "it on the current folds")
     oof, test = run.read_oof(classes), run.read_test(classes)
+    for path, df in ((run.oof_path, oof), (run.test_path, test)):
+        bad = df[classes].isna().any(axis=1) | (df[classes] < 0).any(axis=1)
+        if bad.any():
+            raise KitError(f"{path}: {int(bad.sum())} rows with empty or negative probabilities "
+                           f"(e.g. Id {bad.index[bad][0]}); rerun that run")
     unknown = oof.index.difference(folds.index)
     if len(unknown):
         raise KitError(f"{run.oof_path}: other Ids than {comp.folds_path}: "

@@ -137,6 +137,10 @@ def _corrupt(kind: str, run: RunDir, tmp_path) -> None:
         write_json_key(run.summary_path, folds_sha256=None)
         df = pd.read_csv(run.oof_path, dtype={"Id": str})
         write_csv(run.oof_path, df.assign(fold=(df["fold"] + 1) % 4))
+    elif kind == "nan":
+        df = pd.read_csv(run.oof_path, dtype={"Id": str})
+        df.loc[3, "shark"] = np.nan
+        write_csv(run.oof_path, df)
     elif kind == "test_ids":
         df = pd.read_csv(run.test_path, dtype={"Id": str})
         write_csv(run.test_path, df.assign(Id=df["Id"] + "x"))
@@ -149,6 +153,7 @@ def _corrupt(kind: str, run: RunDir, tmp_path) -> None:
     ("folds_sha", "made on other folds"),
     ("fold_column", "made on other folds: 200 Ids"),
     ("test_ids", "other test Ids"),
+    ("nan", "1 rows with empty or negative probabilities"),
 ])
 def test_refuses_members_that_do_not_match(tmp_path, kind, message):
     comp = make_comp(tmp_path / "data")
