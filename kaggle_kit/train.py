@@ -320,12 +320,12 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             _save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.log(_epoch_line(name, row, tr.epochs))
+        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
         _maybe_simulated_kill()
         spent = time.perf_counter() - t_model
         if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
-            ctx.progress.console.log(f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
+            ctx.progress.console.print(f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
             break
     ctx.progress.remove_task(task)
     if tr.checkpoint == "best" and best is not None:
@@ -596,7 +596,8 @@ def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _epoch_line(name: str, r: dict, epochs: int) -> str:
     val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    return (f"{name} {r['epoch']}/{epochs} train {r['train_loss']:.4f} {r['train_acc']:.4f} "
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
+            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
             f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
 
 
@@ -734,7 +735,7 @@ def _write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
         "warnings": _distribution_warnings(test, labels, classes),
     }
     for w in summary["warnings"]:
-        ctx.progress.console.log(f"[yellow]warning: {w}")
+        ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
     run_dir.write_summary(summary)
     run_dir.write_provenance(_provenance(ctx, t_start))
     report.write_run_plots(run_dir, labels)

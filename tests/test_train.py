@@ -78,8 +78,8 @@ def test_same_seed_same_oof_and_resume_equals_uninterrupted(train_tiny, monkeypa
     ("resnet_fast", []),
     ("resnet_fast_targeted", ["augment.targeted.classes=[three,eight]"]),
     ("baseline_cnn", []),
-    pytest.param("vgg16", ["model.pretrained=false", "train.batch_size=8"], marks=pytest.mark.slow),
-    pytest.param("vgg19", ["model.pretrained=false", "train.batch_size=8"], marks=pytest.mark.slow),
+    pytest.param("vgg16", ["model.pretrained=false", "data.image_size=32", "train.batch_size=8"], marks=pytest.mark.slow),
+    pytest.param("vgg19", ["model.pretrained=false", "data.image_size=32", "train.batch_size=8"], marks=pytest.mark.slow),
     pytest.param("xception", ["model.pretrained=false", "data.image_size=32", "train.batch_size=8"],
                  marks=pytest.mark.slow),
 ])
@@ -91,7 +91,8 @@ def test_each_shipped_recipe_runs_one_epoch(train_tiny, stem: str, extra: list[s
 
 
 def test_refit_and_test_from_both(train_tiny) -> None:
-    s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "cv.refit=2", "cv.test_from=both")
+    s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "cv.refit=2", "cv.test_from=both",
+                   "train.mixup=0.2", "train.cutmix=1.0", "train.grad_accum=2")
     assert s["test_members"] == ["fold0", "refit0", "refit1"]
     run = train_tiny.runs_dir / "r"
     rows = [json.loads(x) for x in (run / "refit1" / "metrics.jsonl").read_text().splitlines()]
@@ -100,6 +101,12 @@ def test_refit_and_test_from_both(train_tiny) -> None:
                for m in s["test_members"]]
     test = pd.read_csv(run / "test.csv", dtype={"Id": str}).set_index("Id")
     assert (test - sum(members) / 3).abs().to_numpy().max() < 1e-6
+
+
+def test_max_minutes_stops_a_model_early(train_tiny) -> None:
+    s = train_tiny("demo", "train.epochs=3", "cv.folds=[0]", "train.max_minutes=0.000001")
+    assert s["timings"]["models"]["fold0"]["stopped_early"] == 1
+    assert len((train_tiny.runs_dir / "r" / "fold0" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_targeted_auto_from_an_earlier_run(train_tiny) -> None:
