@@ -59,6 +59,25 @@ def _print(obj) -> None:
         print_json(json.dumps(obj, default=str))
 
 
+def _run_line(summary: dict, runs_dir: Path) -> str:
+    """One readable paragraph for a finished run instead of its whole summary.json."""
+    cv = summary.get("cv", {})
+    folds = "  ".join(f"fold{f['fold']} {f['accuracy']:.4f}" for f in summary.get("per_fold", []))
+    worst = sorted(summary.get("per_class", {}).items(), key=lambda kv: kv[1])[:4]
+    total = summary.get("timings", {}).get("total_s")
+    lines = [
+        f"run {runs_dir / summary.get('run', '?')}: CV accuracy {cv.get('accuracy', float('nan')):.4f}"
+        f" +- {cv.get('accuracy_std', float('nan')):.4f}  log loss {cv.get('log_loss', float('nan')):.4f}"
+        + (f"  ({total / 60:.1f} min)" if total else ""),
+        f"  per fold: {folds}",
+        "  hardest classes: " + ", ".join(f"{c} {a:.3f}" for c, a in worst),
+        f"  test predictions from: {summary.get('test_from', 'folds')}; next: kit report "
+        f"{runs_dir / summary.get('run', '?')}",
+    ]
+    lines += [f"  warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join(lines)
+
+
 @app.command()
 @kit_errors
 def fetch(
@@ -97,8 +116,9 @@ def train(
     """Train a recipe: stratified k-fold OOF + test predictions in runs/<name>/."""
     from kaggle_kit.train import run
 
-    _print(run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
-               resume=resume, force=force))
+    summary = run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
+                  resume=resume, force=force)
+    _print(_run_line(summary, runs_dir))
 
 
 @app.command()
