@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kaggle_kit import KitError
 
@@ -65,6 +65,11 @@ class Train(_Strict):
     max_minutes: float | None = Field(None, gt=0)  # wall-time budget, split evenly over models
     checkpoint: Literal["last", "best"] = "last"  # best = lowest validation loss
     num_workers: int = Field(2, ge=0)  # only used when per-image albumentations are needed
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v: Any) -> Any:
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
 
 class Targeted(_Strict):

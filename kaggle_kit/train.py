@@ -52,7 +52,7 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     comp = CompetitionDir.open(data_dir, rec.competition)
     run_dir = RunDir(Path(runs_dir) / (name or Path(recipe_path).stem))
     recipe_text = recipes.dump(rec)
-    _check_run_dir(run_dir, recipe_text, resume, force)
+    resume = _check_run_dir(run_dir, recipe_text, resume, force)
     targeted = resolve_targeted(rec, comp, Path(runs_dir))
     if rec.model.pretrained_file and not Path(rec.model.pretrained_file).exists():
         raise KitError(f"model.pretrained_file: {rec.model.pretrained_file} not found; "
@@ -94,14 +94,19 @@ def _progress_bars(enabled: bool):
 # ----------------------------------------------------------------------------- checks (no torch)
 
 
-def _check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool) -> None:
-    """Refuse a run folder whose recipe.yaml differs from this recipe (unless force)."""
-    if run_dir.recipe_path.exists() and not force:
-        if run_dir.recipe_path.read_text() != recipe_text:
-            raise KitError(f"{run_dir.recipe_path}: this run folder belongs to another recipe "
-                           "(or other overrides); choose --name, or pass --force to overwrite it")
-    elif resume and not run_dir.recipe_path.exists():
-        raise KitError(f"{run_dir.root}: nothing to resume (no recipe.yaml); drop --resume")
+def _check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool) -> bool:
+    """Refuse a run folder whose recipe.yaml differs from this recipe (unless force, which
+    starts it over). Returns whether to resume."""
+    if not run_dir.recipe_path.exists():
+        if resume:
+            raise KitError(f"{run_dir.root}: nothing to resume (no recipe.yaml); drop --resume")
+        return False
+    if run_dir.recipe_path.read_text() == recipe_text:
+        return resume
+    if not force:
+        raise KitError(f"{run_dir.recipe_path}: this run folder belongs to another recipe "
+                       "(or other overrides); choose --name, or pass --force to overwrite it")
+    return False
 
 
 def _prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool) -> None:
@@ -112,6 +117,9 @@ def _prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool) -> None:
     if not resume:
         for d in [*run_dir.root.glob("fold*"), *run_dir.root.glob("refit*")]:
             shutil.rmtree(d)
+        for f in (run_dir.oof_path, run_dir.test_path, run_dir.summary_path, run_dir.confusion_png,
+                  run_dir.curves_png, run_dir.provenance_path):
+            f.unlink(missing_ok=True)
     write_text(run_dir.recipe_path, recipe_text)
 
 

@@ -1,0 +1,112 @@
+"""Step cost: images/s of the `kit train` loop vs a minimal hand-written PyTorch loop.
+
+Same model (kit_resnet9 by default), same data (fold 0's training images of a fetched
+competition, uint8 cache), same batch size, same optimizer (SGD nesterov + weight decay),
+same threads, channels_last in both. Augmentation is off in both (recipe: no flip/pad-crop,
+constant lr) so the comparison is the step itself plus kit's per-batch uint8 -> float work.
+Rounds alternate kit / hand so machine load hits both alike; medians are reported.
+
+    python benchmarks/step_cost.py                       # demo competition (kit fetch demo)
+    python benchmarks/step_cost.py --competition animals15 --rounds 3 --threads 2
+
+kit's number is the `images_per_s` that kit writes to metrics.jsonl (training seconds only,
+measured from epoch 2 on, so oneDNN warm-up is excluded from both sides). Target: ratio >= 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kit_images_per_s(args, runs_dir: Path, i: int) -> float:
+    """Run kit train on fold 0 for `epochs`; images/s of its last epoch (from metrics.jsonl)."""
+    from kaggle_kit.train import run
+
+    over = [f"competition={args.competition}", f"model.name={args.model}", "cv.folds=[0]",
+            f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", "train.lr=0.1",
+            "train.schedule=constant", "train.warmup_epochs=0", "train.label_smoothing=0",
+            "augment.flip=false", "augment.pad_crop=0", "tta.views=[orig]",
+            "train.channels_last=true", "train.mixed_precision=no"]
+    run(REPO / "recipes" / "resnet_fast.yaml", over, name=f"kit{i}", runs_dir=runs_dir,
+        data_dir=args.data_dir, resume=False, force=True)
+    rows = (runs_dir / f"kit{i}" / "fold0" / "metrics.jsonl").read_text().splitlines()
+    return json.loads(rows[-1])["images_per_s"]
+
+
+def hand_images_per_s(args, x_u8: np.ndarray, y: np.ndarray, n_classes: int) -> float:
+    """A minimal PyTorch loop: float normalised tensor in memory, index, forward, backward, step."""
+    from kaggle_kit import models
+
+    net = models.create_model(args.model, n_classes).to(memory_format=torch.channels_last)
+    x = torch.from_numpy(x_u8).permute(0, 3, 1, 2).float()
+    x = ((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True))
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.from_numpy(y)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1 * args.batch_size / 256, momentum=0.9,
+                          nesterov=True, weight_decay=5e-4)
+    crit = torch.nn.CrossEntropyLoss()
+    ips = 0.0
+    for _ in range(args.epochs):  # the last epoch is timed, like kit's
+        perm = torch.randperm(len(x))
+        n_steps = len(x) // args.batch_size
+        t0 = time.perf_counter()
+        for s in range(n_steps):
+            idx = perm[s * args.batch_size:(s + 1) * args.batch_size]
+            loss = crit(net(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        ips = n_steps * args.batch_size / (time.perf_counter() - t0)
+    return ips
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--competition", default="demo")
+    ap.add_argument("--data-dir", type=Path, default=Path("data"))
+    ap.add_argument("--model", default="kit_resnet9")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from kaggle_kit import images
+    from kaggle_kit.workspace import CompetitionDir
+
+    comp = CompetitionDir.open(args.data_dir, args.competition)
+    folds = comp.folds()
+    ids, cache = images.load_cache(comp, "train", None)
+    row = {i: r for r, i in enumerate(ids)}
+    tr = folds[folds["fold"] != 0]
+    x_u8 = np.ascontiguousarray(cache[[row[i] for i in tr["Id"]]])
+    y = tr["label"].map({c: k for k, c in enumerate(comp.classes)}).to_numpy()
+    kit, hand = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.rounds):
+            kit.append(kit_images_per_s(args, Path(tmp), i))
+            hand.append(hand_images_per_s(args, x_u8, y, len(comp.classes)))
+            print(f"round {i + 1}: kit {kit[-1]:.1f} img/s, hand {hand[-1]:.1f} img/s")
+    k, h = statistics.median(kit), statistics.median(hand)
+    ratios = [a / b for a, b in zip(kit, hand, strict=True)]
+    print(f"\n{args.model} batch {args.batch_size}, {args.threads} threads, {len(x_u8)} images "
+          f"({args.competition} fold 0), {x_u8.shape[1]}x{x_u8.shape[2]}")
+    print(f"kit train loop : {k:8.1f} images/s (median of {args.rounds})")
+    print(f"hand-written   : {h:8.1f} images/s (median of {args.rounds})")
+    print(f"ratio kit/hand : {k / h:8.3f}   (target >= 0.90); per round: "
+          + ", ".join(f"{r:.3f}" for r in ratios) + f" (median {statistics.median(ratios):.3f})")
+
+
+if __name__ == "__main__":
+    main()
