@@ -283,7 +283,8 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     rows (-> OOF) and the test set, both with the recipe's TTA views.
 
     Returns {"val_ids", "val": (n_val, C) probs or None, "test": (n_test, C) probs, "stats"} on
-    every rank. A finished model (fold dir with oof.csv + test.csv) is read back, not retrained."""
+    every rank. A finished model (fold dir with done.json + test.csv) is read back, not retrained;
+    an interrupted one continues from fold dir/state.pt (written atomically after each epoch)."""
     import torch
 
     acc, rec, tr = ctx.acc, ctx.rec, ctx.rec.train
@@ -440,7 +441,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     pos = pos.cpu().numpy()
     out = np.zeros((n, p.shape[1]))
     out[pos] = p.cpu().numpy()
-    assert len(np.unique(pos)) == n, f"prediction covered {len(np.unique(pos))} of {n} rows"
+    if len(np.unique(pos)) != n:
+        raise RuntimeError(f"internal error: prediction covered {len(np.unique(pos))} of {n} rows")
     return out
 
 
@@ -720,8 +722,9 @@ def _write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
              for m, p in preds.items() if p["val"] is not None]
     oof = pd.concat(parts).set_index("Id") if parts else pd.DataFrame(columns=["fold", *classes])
     expected = {ctx.ids[i] for i in range(len(ctx.ids)) if f"fold{ctx.fold[i]}" in preds}
-    assert not oof.index.duplicated().any() and set(oof.index) == expected, \
-        "internal error: oof.csv must hold each train Id of the run's folds exactly once"
+    if oof.index.duplicated().any() or set(oof.index) != expected:  # never by position: by Id
+        raise RuntimeError("internal error: oof.csv must hold each train Id of the run's folds "
+                           f"exactly once ({len(oof)} rows, {len(expected)} expected Ids)")
     members = [m for m in preds if rec.cv.test_from == "both"
                or m.startswith("fold" if rec.cv.test_from == "folds" else "refit")]
     test = pd.DataFrame(np.mean([preds[m]["test"] for m in members], axis=0),

@@ -75,6 +75,7 @@ def test_same_seed_same_oof_and_resume_equals_uninterrupted(train_tiny, monkeypa
 
 @pytest.mark.parametrize("stem, extra", [
     ("demo", []),
+    ("demo", ["data.resize=device", "data.image_size=24", "data.normalize=model"]),
     ("resnet_fast", []),
     ("resnet_fast_targeted", ["augment.targeted.classes=[three,eight]"]),
     ("baseline_cnn", []),
@@ -172,6 +173,7 @@ def test_cli_train_error_is_one_line(demo_data_dir: Path, tmp_path: Path) -> Non
 def test_two_processes_give_each_id_once(demo_data_dir: Path, tmp_path: Path) -> None:
     cmd = ["torchrun", "--nproc_per_node", "2", "--master_port", "29517", "-m", "kaggle_kit",
            "train", str(RECIPES / "demo.yaml"), *TINY, "train.epochs=1", "--name", "ddp",
+           "augment.targeted.classes=[three]", "augment.targeted.factor=3",  # oversampled set
            "--data-dir", str(demo_data_dir), "--runs-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
@@ -180,4 +182,5 @@ def test_two_processes_give_each_id_once(demo_data_dir: Path, tmp_path: Path) ->
     oof = run.read_oof()  # raises on a duplicate Id
     assert set(oof.index) == _ids_of_limited_folds(demo_data_dir)
     assert run.provenance()["num_processes"] == 2
+    assert run.summary()["targeted"]["classes"] == ["three"]
     assert len(run.read_test()) == 96
