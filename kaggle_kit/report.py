@@ -276,13 +276,15 @@ def confused_pairs(cm: np.ndarray, classes: list[str], top: int = 8) -> list[tup
     return sorted(pairs, key=lambda t: (-(t[2] + t[3]), t[0], t[1]))[:top]
 
 
-def targeted_block(classes: list[str], factor: int = 2) -> str:
+def targeted_block(classes: list[str], factor: int = 2, run_name: str | None = None) -> str:
     """A recipe `augment.targeted` block for `classes`, ready to paste into a recipe YAML."""
     names = ", ".join(classes)
+    auto = f"    # or, recomputed from this run: auto: {len(classes)}, from_run: {run_name}"
     return "\n".join([
         "augment:",
         "  targeted:",
         f"    classes: [{names}]",
+        *([auto] if run_name else []),
         f"    factor: {factor}            # each image of these classes seen {factor}x per epoch",
         "    transforms:           # extra albumentations, only for these classes",
         "      - {name: Affine, scale: [0.85, 1.15], rotate: [-15, 15], p: 0.7}",
@@ -308,7 +310,7 @@ def single_report(path: Path, data_dir: Path, k_worst: int = 4) -> str:
                 [[f"{a} <-> {b}", str(x + z), str(x), str(z)] for a, b, x, z in pairs])
     worst = [r["class"] for r in rows[:k_worst]]
     parts = [t1, t2, f"suggested targeted augmentation ({k_worst} worst classes):",
-             targeted_block(worst)]
+             targeted_block(worst, run_name=run.name)]
     summary = run.summary()
     if summary.get("kind") == "blend" and summary.get("leaderboard"):
         from kaggle_kit.blend import leaderboard_text
