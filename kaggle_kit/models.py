@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import socket
+from collections import OrderedDict
 from pathlib import Path
 
 import timm
@@ -37,20 +38,21 @@ def _cfg(input_size: int, **kw) -> dict:
 
 # read by timm.register_model: gives each net its pretrained_cfg (input size, mean/std, classifier)
 default_cfgs = {"kit_resnet9": _cfg(32), "kit_baseline_cnn": _cfg(64)}
+_VGG_BASES = {"kit_vgg16": "vgg16", "kit_vgg19": "vgg19"}  # kit name -> timm net whose weights load
+for _k in _VGG_BASES:
+    default_cfgs[_k] = _cfg(32, mean=timm.data.IMAGENET_DEFAULT_MEAN,
+                            std=timm.data.IMAGENET_DEFAULT_STD, first_conv="features.0",
+                            classifier="head.fc", license="bsd-3-clause")
 
 
 class ConvBN(nn.Sequential):
     """conv3x3 (no bias) -> [maxpool 2] -> BN -> activation; (B,Cin,H,W) -> (B,Cout,H',W')."""
 
     def __init__(self, c_in: int, c_out: int, act: type[nn.Module], pool: bool = False):
-        layers = {"conv": nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)}
-        if pool:
-            layers["pool"] = nn.MaxPool2d(2)
-        layers["bn"] = nn.BatchNorm2d(c_out)
-        layers["act"] = act()
-        super().__init__(*[])
-        for k, v in layers.items():
-            self.add_module(k, v)
+        layers = [("conv", nn.Conv2d(c_in, c_out, 3, padding=1, bias=False))]
+        layers += [("pool", nn.MaxPool2d(2))] if pool else []
+        layers += [("bn", nn.BatchNorm2d(c_out)), ("act", act())]
+        super().__init__(OrderedDict(layers))
 
 
 class Residual(nn.Module):
@@ -175,6 +177,47 @@ def kit_baseline_cnn(pretrained: bool = False, **kwargs) -> KitBaselineCNN:
     return build_model_with_cfg(KitBaselineCNN, "kit_baseline_cnn", pretrained, **kwargs)
 
 
+
+def _small_vgg(variant: str, pretrained: bool, **kwargs) -> nn.Module:
+    """timm's VGG (with its ImageNet weights when pretrained / from a timm vgg weights file) whose
+    4096-wide ConvMlp head -- at 32x32 a 7x7 conv over a 1x1 map tiled to 7x7, 120 M parameters --
+    is replaced by global average pool -> dropout -> linear(512, num_classes), the usual
+    small-image transfer head (Keras include_top=False + pooling + Dense)."""
+    base = _VGG_BASES[variant]
+    num_classes = kwargs.pop("num_classes", 1000)
+    drop_rate = kwargs.pop("drop_rate", 0.0)
+    overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
+    for k in ("pretrained_cfg", "img_size"):
+        kwargs.pop(k, None)
+    file = overlay.get("file")
+    own = bool(file) and "pre_logits.fc1.weight" not in _file_shapes(Path(file))  # a kit_vgg file
+    model = timm.create_model(base, pretrained=pretrained and not own, num_classes=num_classes,
+                              pretrained_cfg_overlay=overlay if not own else None, **kwargs)
+    model.pre_logits = nn.Identity()
+    model.head = timm.layers.ClassifierHead(512, num_classes, pool_type="avg", drop_rate=drop_rate)
+    model.num_features = model.head_hidden_size = 512
+    model.pretrained_cfg = {**model.pretrained_cfg, **default_cfgs[variant], "architecture": variant}
+    if own:
+        sd = timm.models.load_state_dict(file)
+        strict = sd.get("head.fc.weight", torch.empty(0)).shape[:1] == (num_classes,)
+        if not strict:
+            sd = {k: v for k, v in sd.items() if not k.startswith("head.fc.")}
+        model.load_state_dict(sd, strict=strict)
+    return model
+
+
+@register_model
+def kit_vgg16(pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm vgg16 (ImageNet weights) with a pooled linear head for small images."""
+    return _small_vgg("kit_vgg16", pretrained, **kwargs)
+
+
+@register_model
+def kit_vgg19(pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm vgg19 (ImageNet weights) with a pooled linear head for small images."""
+    return _small_vgg("kit_vgg19", pretrained, **kwargs)
+
+
 def create_model(name: str, num_classes: int, *, pretrained: bool = False,
                  pretrained_file: str | None = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, img_size: int | None = None) -> nn.Module:
@@ -278,6 +321,9 @@ def _check_file_fits(model: nn.Module, shapes: dict, path: Path, name: str, cfg)
 
 def _check_weights_reachable(name: str, cfg) -> None:
     """Fail fast (instead of timm's ~45 s of retries) when weights are neither cached nor online."""
+    if name in _VGG_BASES:
+        name = _VGG_BASES[name]
+        cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.has_weights:
         raise KitError(f"model.pretrained: timm has no pretrained weights for {name}; set "
                        "model.pretrained=false or give model.pretrained_file")

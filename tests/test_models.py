@@ -112,3 +112,22 @@ def test_model_stats():
     assert model_stats(create_model("vgg11", 3)) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     mean, std = model_stats(create_model("kit_resnet9", 3))
     assert len(mean) == len(std) == 3 and all(0 < s < 1 for s in std)
+
+
+def test_kit_vgg_small_head():
+    m = create_model("kit_vgg16", 15, drop_rate=0.2)
+    assert m.get_classifier().in_features == 512 and m.head.drop.p == 0.2
+    assert sum(p.numel() for p in m.parameters()) < 20e6  # timm's vgg16 head alone is 120 M
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 15)
+    assert model_stats(m)[0] == (0.485, 0.456, 0.406)  # ImageNet stats: its weights' inputs
+
+
+@pytest.mark.slow
+def test_kit_vgg_pretrained_file_round_trip(tmp_path):
+    src = create_model("kit_vgg16", 15)
+    torch.save({"model": src.state_dict()}, tmp_path / "kit_vgg.pth")
+    same = create_model("kit_vgg16", 15, pretrained_file=str(tmp_path / "kit_vgg.pth"))
+    assert torch.equal(same.head.fc.weight, src.head.fc.weight)
+    other = create_model("kit_vgg16", 4, pretrained_file=str(tmp_path / "kit_vgg.pth"))
+    assert torch.equal(other.features[0].weight, src.features[0].weight)
+    assert other.head.fc.out_features == 4
