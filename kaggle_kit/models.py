@@ -4,10 +4,13 @@ After `import kaggle_kit.models`, `timm.create_model("kit_resnet9", num_classes=
 `timm.list_models("kit_*")` lists our nets, so the recipe's `model.name` takes any timm name or ours.
 
 - `kit_resnet9`: the recommended fast 32x32 net (ResNet-9 / airbench style: conv -> maxpool -> BN ->
-  GELU groups with residual blocks, global max pool, scaled linear head). ~40 MFLOPs/image forward
-  (multiply-adds x2) at 32x32 with the default widths.
+  GELU groups with residual blocks, global max pool, scaled linear head): 190 MFLOPs/image forward
+  (2 x multiply-adds) at 32x32, 1.65 M params. `kit_resnet9_s`: half width, 48 MFLOPs.
+- `kit_vgg16` / `kit_vgg19`: timm's VGG trunk and ImageNet weights with a pooled linear head for
+  small images (timm's own VGG also runs at >= 32x32, but its head is a 7x7 conv over a tiled map).
 - `kit_baseline_cnn`: the student report's best model: four Conv-BN-ELU x2 blocks (32..256 channels)
-  with maxpool and growing dropout 0.2/0.3/0.4/0.5, flatten of a 4x4 map -> linear; made for 64x64.
+  with maxpool and growing dropout 0.2/0.3/0.4/0.5, flatten of a 4x4 map -> linear; made for 64x64
+  (422 MFLOPs/image there, 106 at 32x32).
 
 This module never imports cli/recipe/kaggle_io: it takes flat arguments.
 """
@@ -37,7 +40,7 @@ def _cfg(input_size: int, **kw) -> dict:
 
 
 # read by timm.register_model: gives each net its pretrained_cfg (input size, mean/std, classifier)
-default_cfgs = {"kit_resnet9": _cfg(32), "kit_baseline_cnn": _cfg(64)}
+default_cfgs = {"kit_resnet9": _cfg(32), "kit_resnet9_s": _cfg(32), "kit_baseline_cnn": _cfg(64)}
 _VGG_BASES = {"kit_vgg16": "vgg16", "kit_vgg19": "vgg19"}  # kit name -> timm net whose weights load
 for _k in _VGG_BASES:
     default_cfgs[_k] = _cfg(32, mean=timm.data.IMAGENET_DEFAULT_MEAN,
@@ -169,6 +172,13 @@ class KitBaselineCNN(KitNet):
 def kit_resnet9(pretrained: bool = False, **kwargs) -> KitResNet9:
     """Fast small-image ResNet-9 (airbench style); kwargs: widths, width_mult, residual, act."""
     return build_model_with_cfg(KitResNet9, "kit_resnet9", pretrained, **kwargs)
+
+
+@register_model
+def kit_resnet9_s(pretrained: bool = False, **kwargs) -> KitResNet9:
+    """kit_resnet9 at half width (~4x fewer FLOPs): quick looks, demos, tiny competitions."""
+    kwargs.setdefault("width_mult", 0.5)
+    return build_model_with_cfg(KitResNet9, "kit_resnet9_s", pretrained, **kwargs)
 
 
 @register_model

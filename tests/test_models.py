@@ -13,7 +13,8 @@ TINY = "test_resnet.r160_in1k"  # timm's own test net: ~0.5 M params
 
 
 def test_registry_lists_kit_nets():
-    assert {"kit_resnet9", "kit_baseline_cnn"} <= set(timm.list_models("kit_*"))
+    assert {"kit_resnet9", "kit_resnet9_s", "kit_baseline_cnn", "kit_vgg16", "kit_vgg19"} <= set(
+        timm.list_models("kit_*"))
     m = timm.create_model("kit_resnet9", num_classes=15)
     assert m.pretrained_cfg["input_size"] == (3, 32, 32)
     assert m.pretrained_cfg["num_classes"] == 1000 and m.num_classes == 15
