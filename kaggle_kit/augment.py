@@ -52,6 +52,8 @@ def build_one(spec: dict, where: str = "augment") -> A.BasicTransform:
     bad = [str(w.message) for w in caught if "not valid for transform" in str(w.message)]
     if bad:
         raise KitError(f"{where}: {bad[0]}; valid: {sorted(_init_args(getattr(A, name)))}")
+    for w in caught:  # e.g. deprecations: pass them on
+        warnings.warn(f"{where}: {w.message}", w.category, stacklevel=2)
     return t
 
 

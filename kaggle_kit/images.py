@@ -146,6 +146,20 @@ class ImageDataset:
             raise ValueError(f"{len(self.labels)} labels for {len(images)} images")
         self.transform = transform
         self.class_transforms = {int(k): v for k, v in (class_transforms or {}).items()}
+        self._worker_seed: int | None = None
+
+    def _reseed_for_worker(self) -> None:
+        """In a DataLoader worker, reseed the albumentations pipelines once from the worker's seed
+        (drawn from the loader's generator, so it differs per worker and per epoch yet is
+        reproducible); otherwise every worker copy would replay the same random stream."""
+        info = torch.utils.data.get_worker_info()
+        if info is None or self._worker_seed == info.seed:
+            return
+        self._worker_seed = info.seed
+        pipes = [(-1, self.transform), *self.class_transforms.items()]
+        for k, t in pipes:
+            if t is not None:
+                t.set_random_seed(int(info.seed + 7919 * (k + 2)) % 2**32)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -166,13 +180,15 @@ class ImageDataset:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         i = int(i)
+        self._reseed_for_worker()
         label = self._label(i)
         img = self._augment(np.asarray(self.images[i]), label)
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label, i
 
     def __getitems__(self, indices) -> Batch:
         rows = np.asarray(indices, dtype=np.int64)
-        x = np.array(self.images[rows])  # (B,H,W,3) uint8, one copy
+        self._reseed_for_worker()
+        x = np.asarray(self.images[rows])  # (B,H,W,3) uint8: fancy indexing copies once
         y = (np.full(len(rows), -1, np.int64) if self.labels is None else self.labels[rows])
         if self.transform is not None:
             touched = np.arange(len(rows))

@@ -152,3 +152,24 @@ def test_common_then_class_transform_and_shape_guard():
                                                                  "width": 4}]))
     with pytest.raises(KitError, match="keep size and dtype"):
         bad[0]
+
+
+def _flip_pattern(batch, imgs):
+    return tuple(not torch.equal(batch.x[j], torch.from_numpy(imgs[int(i)]).permute(2, 0, 1))
+                 for j, i in enumerate(batch.idx))
+
+
+def test_loader_workers_get_distinct_reproducible_streams():
+    imgs = _images(32)
+    ds = ImageDataset(imgs, np.zeros(32, np.int64),
+                      transform=build_transform([{"name": "HorizontalFlip", "p": 0.5}], seed=0))
+
+    def patterns():
+        loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=2,
+                                             collate_fn=collate_uint8,
+                                             generator=torch.Generator().manual_seed(5))
+        return [_flip_pattern(b, imgs) for b in loader]  # batch 0 from worker 0, 1 from worker 1
+
+    first = patterns()
+    assert first[0] != first[1]  # each worker reseeded (1 / 2**16 chance of a clash)
+    assert patterns() == first  # same loader seed -> same augmentation
