@@ -108,7 +108,7 @@ class KitResNet9(KitNet):
                  widths: tuple[int, ...] = (32, 64, 128, 256), width_mult: float = 1.0,
                  residual: tuple[bool, bool, bool] = (True, False, True), act: str = "gelu",
                  logit_scale: float = 0.125, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 img_size: int | None = None, **_ignored):
+                 img_size: int | None = None):
         super().__init__()
         c = [max(8, int(round(w * width_mult / 8)) * 8) for w in widths]
         act_layer = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "elu": nn.ELU}[act]
@@ -140,8 +140,8 @@ class KitBaselineCNN(KitNet):
     def __init__(self, num_classes: int = 1000, in_chans: int = 3,
                  widths: tuple[int, ...] = (32, 64, 128, 256),
                  dropouts: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5), flat_size: int = 4,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, img_size: int | None = None,
-                 **_ignored):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 img_size: int | None = None):
         super().__init__()
         if len(widths) != len(dropouts):
             raise ValueError("kit_baseline_cnn: widths and dropouts need the same length")
