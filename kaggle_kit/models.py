@@ -373,7 +373,7 @@ def check_input(model: nn.Module, img_size: int, in_chans: int = 3) -> None:
 def _min_size(model: nn.Module, in_chans: int, failed: int) -> int:
     """Smallest power-of-two-ish size in (failed, 512] that runs, else the cfg input size."""
     p = next(model.parameters(), None)
-    for s in (16, 24, 32, 48, 64, 96, 128, 160, 224, 299, 384, 512):
+    for s in (8, 16, 24, 32, 48, 64, 96, 128, 160, 224, 299, 384, 512):
         if s <= failed:
             continue
         try:
