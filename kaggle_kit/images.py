@@ -182,7 +182,7 @@ class ImageDataset:
         i = int(i)
         self._reseed_for_worker()
         label = self._label(i)
-        img = self._augment(np.asarray(self.images[i]), label)
+        img = self._augment(np.array(self.images[i]), label)  # copy: the cache is read-only
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), label, i
 
     def __getitems__(self, indices) -> Batch:
