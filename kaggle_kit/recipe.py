@@ -65,6 +65,8 @@ class Train(_Strict):
     max_minutes: float | None = Field(None, gt=0)  # wall-time budget, split evenly over models
     checkpoint: Literal["last", "best"] = "last"  # best = lowest validation loss
     num_workers: int = Field(2, ge=0)  # only used when per-image albumentations are needed
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch; None = torch's default (all
+    # cores). On a shared / oversubscribed CPU, 1 is often faster (measured here: 174 vs 63-134 img/s)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -108,7 +110,7 @@ class CV(_Strict):
 
     @property
     def n_refit(self) -> int:
-        return int(self.refit) if not isinstance(self.refit, bool) else int(self.refit)
+        return int(self.refit)
 
 
 class TTA(_Strict):

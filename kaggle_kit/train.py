@@ -61,6 +61,8 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     import torch
     from accelerate import Accelerator
 
+    if rec.train.threads:
+        torch.set_num_threads(rec.train.threads)
     acc = Accelerator(mixed_precision=_precision(rec.train.mixed_precision),
                       cpu=not torch.cuda.is_available())
     if acc.is_main_process:

@@ -65,7 +65,7 @@ def test_overrides_are_dotted_and_yaml_typed() -> None:
     rec = load(RECIPES / "resnet_fast.yaml",
                ["train.epochs=2", "model.name=resnet18", "cv.folds=[0, 2]", "train.ema=0.99",
                 "data.limit=64", "augment.flip=false", "tta.views=[orig]", "seed=7",
-                "train.mixed_precision=no"])
+                "train.mixed_precision=no", "train.threads=1"])
     assert rec.train.mixed_precision == "no"  # YAML's bare `no` (false) means "no"
     assert (rec.train.epochs, rec.model.name, rec.cv.folds, rec.train.ema) == (2, "resnet18", [0, 2], 0.99)
     assert (rec.data.limit, rec.augment.flip, rec.tta.views, rec.seed) == (64, False, ["orig"], 7)
