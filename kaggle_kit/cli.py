@@ -97,9 +97,15 @@ def fetch(
     and the decoded-image cache: data/<competition>/."""
     from kaggle_kit.fetch import fetch as do_fetch
 
-    _print(do_fetch(competition, data_dir=data_dir, source=source, force=force, n_folds=folds,
-                    seed=seed, refold=refold, id_col=id_col, label_col=label_col,
-                    train_dir=train_dir, test_dir=test_dir))
+    r = do_fetch(competition, data_dir=data_dir, source=source, force=force, n_folds=folds,
+                 seed=seed, refold=refold, id_col=id_col, label_col=label_col,
+                 train_dir=train_dir, test_dir=test_dir)
+    sizes = ", ".join(f"{k}: {v}" for k, v in r.get("image_sizes", {}).items())
+    typer.echo(f"{r['path']}: {r['status']}\n  {r['classes']} classes, {r['n_train']} train, "
+               f"{r['n_test']} test images ({sizes}); {r['folds']['k']} folds (seed "
+               f"{r['folds']['seed']}); cache {r['cache_mb']} MB, decoded in {r['decode_s']} s")
+    for w in r.get("warnings", []):
+        typer.secho(f"  warning: {w}", fg="yellow")
 
 
 @app.command()
