@@ -101,7 +101,7 @@ def fetch(
                  seed=seed, refold=refold, id_col=id_col, label_col=label_col,
                  train_dir=train_dir, test_dir=test_dir)
     sizes = ", ".join(f"{k}: {v}" for k, v in r.get("image_sizes", {}).items())
-    typer.echo(f"{r['path']}: {r['status']}\n  {r['classes']} classes, {r['n_train']} train, "
+    typer.echo(f"  {r['classes']} classes, {r['n_train']} train, "
                f"{r['n_test']} test images ({sizes}); {r['folds']['k']} folds (seed "
                f"{r['folds']['seed']}); cache {r['cache_mb']} MB, decoded in {r['decode_s']} s")
     for w in r.get("warnings", []):
