@@ -15,10 +15,10 @@ from kaggle_kit import KitError
 
 RECIPE_DIRS = (Path("recipes"), Path(__file__).resolve().parents[1] / "recipes")
 
-# Two members that differ (architecture and seed), so the blend has something to gain.
+# Two members that differ (seed, translation range, TTA views), so the blend has something to gain.
 MEMBERS = {
-    "demo-resnet": ["seed=0"],
-    "demo-cnn": ["model.name=kit_baseline_cnn", "train.lr=0.05", "seed=1"],
+    "demo-a": ["seed=0"],
+    "demo-b": ["seed=1", "augment.pad_crop=2", "tta.views=[orig,shift]"],
 }
 
 
