@@ -6,6 +6,7 @@ Each step is the same function the matching `kit` command calls; nothing here is
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -45,8 +46,10 @@ def run_demo(workdir: Path) -> str:
     fetch("demo", data_dir=data_dir, source=None, force=False, n_folds=4, seed=42, refold=False,
           id_col=None, label_col=None, train_dir=None, test_dir=None)
     recipe = find_recipe("demo.yaml")
+    shrink = [f"train.epochs={os.environ['KIT_DEMO_EPOCHS']}"] if "KIT_DEMO_EPOCHS" in os.environ else []
     lines = []
     for i, (name, overrides) in enumerate(MEMBERS.items(), start=2):
+        overrides = overrides + shrink
         console.rule(f"[bold]{i}/4 kit train {recipe} {' '.join(overrides)} --name {name}")
         summary = train(recipe, overrides, name=name, runs_dir=runs_dir, data_dir=data_dir,
                         resume=False, force=True)
