@@ -15,6 +15,10 @@ gathered with `gather_for_metrics`, keyed by Id; only rank 0 writes, after a bar
 Determinism / resume: the data order, augmentation and dropout RNGs are re-seeded from
 (seed, model, epoch) at every epoch, and the epoch checkpoint holds model, optimizer, scheduler,
 scaler and EMA, so a resumed fold replays exactly what an uninterrupted one would have done.
+
+What the loop is built from (Ctx, checks, model, optimizer, schedule) is in train_setup.py; the
+files it reads and writes in runs/<run>/ (checkpoints, fold files, summary, provenance) in
+runfiles.py.
 """
 
 from __future__ import annotations
@@ -22,16 +26,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from kaggle_kit import KitError
+from kaggle_kit import KitError, runfiles, train_setup
 from kaggle_kit import recipe as recipes
-from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv, write_text
+from kaggle_kit.train_setup import Ctx
+from kaggle_kit.workspace import CompetitionDir, RunDir
 
 STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
 
@@ -52,8 +54,8 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     comp = CompetitionDir.open(data_dir, rec.competition)
     run_dir = RunDir(Path(runs_dir) / (name or Path(recipe_path).stem))
     recipe_text = recipes.dump(rec)
-    resume = _check_run_dir(run_dir, recipe_text, resume, force)
-    targeted = resolve_targeted(rec, comp, Path(runs_dir))
+    resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force)
+    targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
     if rec.model.pretrained_file and not Path(rec.model.pretrained_file).exists():
         raise KitError(f"model.pretrained_file: {rec.model.pretrained_file} not found; "
                        "download the weights file or set model.pretrained_file=null")
@@ -63,216 +65,25 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
 
     if rec.train.threads:
         torch.set_num_threads(rec.train.threads)
-    acc = Accelerator(mixed_precision=_precision(rec.train.mixed_precision),
+    acc = Accelerator(mixed_precision=train_setup.precision(rec.train.mixed_precision),
                       cpu=not torch.cuda.is_available())
     if acc.is_main_process:
-        _prepare_run_dir(run_dir, recipe_text, resume)
+        runfiles.prepare_run_dir(run_dir, recipe_text, resume)
     acc.wait_for_everyone()
-    _check_augment(rec, targeted)
-    ctx = _context(acc, rec, comp, run_dir, targeted)
-    models = _model_plan(rec, ctx)
+    train_setup.check_augment(rec, targeted)
+    ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
+    models = train_setup.model_plan(rec, ctx)
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
-    ctx.progress = progress = _progress_bars(acc.is_main_process)
+    ctx.progress = progress = train_setup.progress_bars(acc.is_main_process)
     ctx.run_task = progress.add_task("run (epochs)", total=len(models) * rec.train.epochs)
     with progress:
         preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
     acc.wait_for_everyone()
     summary = None
     if acc.is_main_process:
-        summary = _write_results(ctx, preds, t_start)
+        summary = runfiles.write_results(ctx, preds, t_start)
     acc.wait_for_everyone()
     return summary if summary is not None else RunDir(run_dir.root).summary()
-
-
-def _progress_bars(enabled: bool):
-    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch."""
-    from rich import progress as rp
-
-    return rp.Progress(rp.TextColumn("{task.description:>12}"), rp.BarColumn(),
-                       rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                       rp.TimeRemainingColumn(), disable=not enabled)
-
-
-# ----------------------------------------------------------------------------- checks (no torch)
-
-
-def _check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool) -> bool:
-    """Refuse a run folder whose recipe.yaml differs from this recipe (unless force, which
-    starts it over). Returns whether to resume."""
-    if not run_dir.recipe_path.exists():
-        if resume:
-            raise KitError(f"{run_dir.root}: nothing to resume (no recipe.yaml); drop --resume")
-        return False
-    if run_dir.recipe_path.read_text() == recipe_text:
-        return resume
-    if not force:
-        raise KitError(f"{run_dir.recipe_path}: this run folder belongs to another recipe "
-                       "(or other overrides); choose --name, or pass --force to overwrite it")
-    return False
-
-
-def _prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool) -> None:
-    """Write the resolved recipe; without --resume, clear earlier fold results."""
-    import shutil
-
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for d in [*run_dir.root.glob("fold*"), *run_dir.root.glob("refit*")]:
-            shutil.rmtree(d)
-        for f in (run_dir.oof_path, run_dir.test_path, run_dir.summary_path, run_dir.confusion_png,
-                  run_dir.curves_png, run_dir.provenance_path):
-            f.unlink(missing_ok=True)
-    write_text(run_dir.recipe_path, recipe_text)
-
-
-def resolve_targeted(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path) -> dict | None:
-    """{"classes", "factor", "transforms", "source"} of augment.targeted, or None.
-
-    `auto: K` takes the K classes with the lowest OOF accuracy in from_run's summary.json."""
-    t = rec.augment.targeted
-    if t is None:
-        return None
-    valid = comp.classes
-    if t.auto is not None:
-        src = Path(t.from_run)
-        src = src if (src / "summary.json").exists() else runs_dir / t.from_run
-        per_class = RunDir(src).summary().get("per_class") or {}
-        ranked = sorted(per_class, key=lambda c: (per_class[c] is None, per_class[c] or 0.0, c))
-        chosen, source = ranked[: t.auto], f"auto: lowest {t.auto} OOF accuracy of {src}"
-    else:
-        chosen, source = list(t.classes), "recipe"
-    unknown = [c for c in chosen if c not in valid]
-    if unknown:
-        raise KitError(f"augment.targeted: classes {unknown} are not in competition "
-                       f"{comp.name}; valid classes: {', '.join(valid)}")
-    return {"classes": chosen, "factor": t.factor, "transforms": t.transforms, "source": source}
-
-
-def _check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
-    """Fail before training on a bad albumentations spec or TTA view name."""
-    import torch
-
-    from kaggle_kit import augment
-
-    augment.build_transform(rec.augment.transforms, where="augment.transforms")
-    if targeted:
-        augment.build_transform(targeted["transforms"], where="augment.targeted.transforms")
-    augment.tta_views(torch.zeros(1, 3, 4, 4), rec.tta.views)
-
-
-def _precision(mode: str) -> str:
-    """Accelerate's mixed_precision: auto = bf16 on GPUs that support it, none on CPU."""
-    import torch
-
-    if mode != "auto":
-        return mode
-    ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return "bf16" if ok else "no"
-
-
-# ----------------------------------------------------------------------------- data + context
-
-
-@dataclass
-class Ctx:
-    """Everything train_fold reads: the recipe, the accelerator, the data tensors. No behaviour."""
-
-    acc: Any
-    rec: recipes.Recipe
-    comp: CompetitionDir
-    run_dir: RunDir
-    classes: list[str]
-    ids: list[str]  # train Ids used (data.limit may drop some), row i of x / y / fold
-    x: Any  # (N,H,W,3) uint8 train images (torch, on the device)
-    y: Any  # (N,) int64 class indices
-    fold: np.ndarray  # (N,) fold of each row
-    test_ids: list[str]
-    test_x: Any  # (M,H,W,3) uint8
-    mean: Any  # (1,3,1,1) float, 0..255 scale
-    std: Any
-    img_size: int  # pixels the net sees
-    targeted: dict | None
-    x_np: np.ndarray | None = None  # the same train images as numpy (per-image loader path)
-    y_np: np.ndarray | None = None
-    progress: Any = None
-    run_task: Any = None
-    timings: dict = field(default_factory=dict)
-
-
-def _context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir,
-             targeted: dict | None) -> Ctx:
-    """Load the cache once (train rows joined to folds.csv by Id), move it to the device."""
-    import torch
-
-    from kaggle_kit import images
-
-    s = rec.data.image_size
-    size = (s, s) if s and rec.data.resize == "decode" else None
-    cache_ids, cache_x = images.load_cache(comp, "train", size)
-    test_ids, test_x = images.load_cache(comp, "test", size)
-    folds = comp.folds()
-    if rec.data.limit:  # debugging subset: the first rows of each fold, keeps every fold
-        per = max(1, math.ceil(rec.data.limit / folds["fold"].nunique()))
-        folds = folds.groupby("fold", sort=False).head(per)
-        test_ids, test_x = test_ids[: rec.data.limit], test_x[: rec.data.limit]
-    row = {i: r for r, i in enumerate(cache_ids)}
-    missing = [i for i in folds["Id"] if i not in row]
-    if missing:
-        raise KitError(f"{comp.folds_path}: Id {missing[0]} has no cached image; "
-                       f"rerun `kit fetch {comp.name} --force`")
-    classes = comp.classes
-    cls_index = {c: k for k, c in enumerate(classes)}
-    x = np.ascontiguousarray(cache_x[[row[i] for i in folds["Id"]]])
-    mean, std = _norm_stats(rec, x)
-    dev = acc.device
-    return Ctx(acc=acc, rec=rec, comp=comp, run_dir=run_dir, classes=classes,
-               ids=folds["Id"].tolist(), x=torch.from_numpy(x).to(dev),
-               y=torch.tensor(folds["label"].map(cls_index).to_numpy(), device=dev),
-               fold=folds["fold"].to_numpy(), test_ids=list(test_ids),
-               test_x=torch.from_numpy(np.array(test_x)).to(dev),
-               mean=torch.tensor(mean, device=dev).view(1, 3, 1, 1).float(),
-               std=torch.tensor(std, device=dev).view(1, 3, 1, 1).float(),
-               img_size=s or int(x.shape[1]), targeted=targeted, x_np=x,
-               y_np=folds["label"].map(cls_index).to_numpy())
-
-
-def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (mean, std) on the 0..255 scale: of the train images, or timm's pretrained cfg.
-
-    Dataset stats use every train image (pixels only, no labels), so all folds share them."""
-    if rec.data.normalize == "model":  # what the pretrained weights expect (ImageNet default)
-        import timm
-
-        from kaggle_kit import models  # noqa: F401 - registers kit_* nets in timm
-
-        cfg = timm.models.get_pretrained_cfg(rec.model.name)
-        mean = cfg.mean if cfg and cfg.mean else timm.data.IMAGENET_DEFAULT_MEAN
-        std = cfg.std if cfg and cfg.std else timm.data.IMAGENET_DEFAULT_STD
-        return np.array(mean) * 255, np.array(std) * 255
-    s1, s2, n = np.zeros(3), np.zeros(3), 0
-    for i in range(0, len(x), 1024):
-        chunk = x[i: i + 1024].reshape(-1, 3).astype(np.float64)
-        s1, s2, n = s1 + chunk.sum(0), s2 + (chunk**2).sum(0), n + len(chunk)
-    mean = s1 / max(n, 1)
-    return mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 1e-6))
-
-
-def _model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
-    """{model name: (train rows, val rows or None, seed)} for the folds and refit seeds to train."""
-    all_folds = sorted(set(ctx.fold.tolist()))
-    run_folds = rec.cv.folds if rec.cv.folds is not None else all_folds
-    bad = [k for k in run_folds if k not in all_folds]
-    if bad:
-        raise KitError(f"cv.folds: {bad} not in folds.csv (folds {all_folds})")
-    rows = np.arange(len(ctx.ids))
-    plan = {f"fold{k}": (rows[ctx.fold != k], rows[ctx.fold == k], rec.seed) for k in run_folds}
-    for i in range(rec.cv.n_refit):
-        plan[f"refit{i}"] = (rows, None, rec.seed + i)
-    n_train = min(len(tr) for tr, _, _ in plan.values())
-    if rec.train.batch_size > n_train:
-        raise KitError(f"train.batch_size: {rec.train.batch_size} is larger than a fold's "
-                       f"{n_train} training images; lower it (e.g. train.batch_size={n_train // 4 or 1})")
-    return plan
 
 
 # ----------------------------------------------------------------------------- one model
@@ -294,16 +105,16 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     val_ids = [ctx.ids[i] for i in val_rows] if val_rows is not None else None
     if (fdir / "test.csv").exists() and (fdir / "done.json").exists():
         ctx.progress.advance(ctx.run_task, tr.epochs)
-        return _read_done(ctx, fdir, val_ids)
+        return runfiles.read_done(ctx, fdir, val_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun
-    net = _build_model(ctx)
-    ema = _copy_model(net) if tr.ema else None
+    net = train_setup.build_model(ctx)
+    ema = train_setup.copy_model(net) if tr.ema else None
     lr = tr.lr * tr.batch_size * tr.grad_accum / 256  # recipe lr is per 256 images
-    opt = _optimizer(net, tr, lr)
+    opt = train_setup.make_optimizer(net, tr, lr)
     steps = math.ceil(len(_epoch_batches(ctx, train_rows, seed, name, 0)) / tr.grad_accum)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tr, steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, train_setup.lr_lambda(tr, steps))
     model, opt = acc.prepare(torch.compile(net) if tr.compile else net, opt)
-    start, best = _restore(ctx, fdir, net, opt, sched, ema)
+    start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
     eval_net = ema if ema is not None else net
     crit = torch.nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
@@ -321,14 +132,15 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
             val_loss, val_acc = _loss_acc(p, ctx.y[torch.as_tensor(val_rows)].cpu().numpy())
             if best is None or val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "epoch": epoch + 1, "model": _cpu_state(eval_net)}
+                best = {"val_loss": val_loss, "epoch": epoch + 1,
+                        "model": runfiles.cpu_state(eval_net)}
         row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, "val_loss": val_loss,
                "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
                "epoch_s": round(time.perf_counter() - t0, 3),
                "images_per_s": round(n_img / max(train_s, 1e-9), 1)}
         if acc.is_main_process:
-            _append_metrics(fdir, row, epoch)
-            _save_state(fdir, epoch, net, opt, sched, ema, best, acc)
+            runfiles.append_metrics(fdir, row, epoch)
+            runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
         ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
@@ -347,7 +159,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
-        _write_done(ctx, fdir, name, eval_net, val_ids, val, test, stats)
+        runfiles.write_done(ctx, fdir, name, eval_net, val_ids, val, test, stats)
     acc.wait_for_everyone()
     acc.free_memory()
     return {"val_ids": val_ids, "val": val, "test": test, "stats": stats}
@@ -505,32 +317,6 @@ def _loader(ctx: Ctx, batches: list, seed: int):
                                        pin_memory=ctx.x.is_cuda, persistent_workers=False)
 
 
-def _build_model(ctx: Ctx):
-    """timm model with a head sized from the class list, checked against the input size."""
-    import torch
-
-    from kaggle_kit import models
-
-    m = ctx.rec.model
-    net = models.create_model(m.name, len(ctx.classes), pretrained=m.pretrained or bool(m.pretrained_file),
-                              pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
-                              drop_path_rate=m.drop_path_rate, img_size=ctx.img_size)
-    models.check_input(net, ctx.img_size)
-    net = net.to(ctx.acc.device)
-    if ctx.rec.train.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return net
-
-
-def _copy_model(net):
-    import copy
-
-    ema = copy.deepcopy(net)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
 def _ema_update(ema, net, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * net (parameters); buffers (BN stats) copied."""
     import torch
@@ -539,40 +325,6 @@ def _ema_update(ema, net, decay: float) -> None:
         torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
         for eb, nb in zip(ema.buffers(), net.buffers(), strict=True):
             eb.copy_(nb)
-
-
-def _optimizer(net, tr: recipes.Train, lr: float):
-    """SGD (nesterov) or AdamW; weight decay on weights only, not on norms and biases."""
-    import torch
-
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    rest = [p for p in net.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": tr.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
-    if tr.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=tr.momentum,
-                               nesterov=tr.nesterov and tr.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr, betas=(tr.momentum, 0.999))
-
-
-def _lr_lambda(tr: recipes.Train, steps_per_epoch: int):
-    """Multiplier of the peak lr at optimizer step s (linear warmup first, then the schedule)."""
-    total = max(1, tr.epochs * steps_per_epoch)
-    warm = min(int(tr.warmup_epochs * steps_per_epoch), total - 1)
-
-    def f(s: int) -> float:
-        if s < warm:
-            return (s + 1) / warm
-        p = min(1.0, (s - warm) / max(1, total - warm))  # 0 -> 1 after warmup
-        if tr.schedule == "onecycle":  # linear down to 0 (airbench / hlb style triangle)
-            return 1.0 - p
-        if tr.schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * p))
-        if tr.schedule == "step":
-            return tr.step_gamma ** ((s // max(1, steps_per_epoch)) // tr.step_epochs)
-        return 1.0
-
-    return f
 
 
 def _seed(*parts) -> int:
@@ -623,196 +375,3 @@ def _maybe_simulated_kill() -> None:
 
 
 _EPOCHS_THIS_PROCESS = 0
-
-
-# ----------------------------------------------------------------------------- fold files
-
-
-def _cpu_state(net) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
-def _save_state(fdir: Path, epoch: int, net, opt, sched, ema, best, acc) -> None:
-    """fold<k>/state.pt after each epoch (atomic): all a resumed fold needs to continue."""
-    import torch
-
-    from kaggle_kit.workspace import atomic_path
-
-    state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
-             "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
-             "best": best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
-    with atomic_path(fdir / "state.pt") as tmp:
-        torch.save(state, tmp)
-
-
-def _restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | None]:
-    """(first epoch to train, best-so-far) from fold<k>/state.pt, or (0, None) for a fresh fold.
-    RNGs are re-seeded per epoch (_seed_rngs), so the saved ones are for the record only."""
-    import torch
-
-    path = fdir / "state.pt"
-    if not path.exists():
-        if ctx.acc.is_main_process and (fdir / "metrics.jsonl").exists():
-            (fdir / "metrics.jsonl").unlink()
-        return 0, None
-    state = torch.load(path, map_location=ctx.acc.device, weights_only=False)
-    net.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    if ema is not None and state["ema"] is not None:
-        ema.load_state_dict(state["ema"])
-    if ctx.acc.scaler is not None and state["scaler"] is not None:
-        ctx.acc.scaler.load_state_dict(state["scaler"])
-    if ctx.acc.is_main_process:  # drop metric lines of epochs after the checkpoint
-        lines = (fdir / "metrics.jsonl").read_text().splitlines()[: state["epoch"]]
-        write_text(fdir / "metrics.jsonl", "".join(line + "\n" for line in lines))
-    return state["epoch"], state["best"]
-
-
-def _append_metrics(fdir: Path, row: dict, epoch: int) -> None:
-    import json
-
-    fdir.mkdir(parents=True, exist_ok=True)
-    with open(fdir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def _write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) -> None:
-    """model.pt (weights + what is needed to use them), the fold's predictions, done.json."""
-    import torch
-
-    from kaggle_kit.workspace import atomic_path, write_json
-
-    cfg = {"model": ctx.rec.model.model_dump(), "classes": ctx.classes, "img_size": ctx.img_size,
-           "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
-    with atomic_path(fdir / "model.pt") as tmp:
-        torch.save({"model": _cpu_state(net), "config": cfg}, tmp)
-    if val is not None:
-        write_csv(fdir / "oof.csv", _frame(val, val_ids, ctx.classes))
-    write_csv(fdir / "test.csv", _frame(test, ctx.test_ids, ctx.classes))
-    write_json(fdir / "done.json", stats)
-    (fdir / "state.pt").unlink(missing_ok=True)
-
-
-def _read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
-    from kaggle_kit.workspace import read_json
-
-    def read(path, ids):
-        df = pd.read_csv(path, dtype={"Id": str}).set_index("Id")
-        return df.loc[ids, ctx.classes].to_numpy(dtype=float)
-
-    val = read(fdir / "oof.csv", val_ids) if val_ids is not None else None
-    return {"val_ids": val_ids, "val": val, "test": read(fdir / "test.csv", ctx.test_ids),
-            "stats": read_json(fdir / "done.json")}
-
-
-def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(p, columns=classes).assign(Id=ids)[["Id", *classes]]
-
-
-# ----------------------------------------------------------------------------- run outputs
-
-
-def _write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
-    """oof.csv (each Id of the run's folds exactly once), test.csv, summary.json,
-    provenance.json, confusion.png + curves.png. Main process only."""
-    from kaggle_kit import report
-
-    rec, classes, run_dir = ctx.rec, ctx.classes, ctx.run_dir
-    parts = [_frame(p["val"], p["val_ids"], classes).assign(fold=int(m[4:]))
-             for m, p in preds.items() if p["val"] is not None]
-    oof = pd.concat(parts).set_index("Id") if parts else pd.DataFrame(columns=["fold", *classes])
-    expected = {ctx.ids[i] for i in range(len(ctx.ids)) if f"fold{ctx.fold[i]}" in preds}
-    if oof.index.duplicated().any() or set(oof.index) != expected:  # never by position: by Id
-        raise RuntimeError("internal error: oof.csv must hold each train Id of the run's folds "
-                           f"exactly once ({len(oof)} rows, {len(expected)} expected Ids)")
-    members = [m for m in preds if rec.cv.test_from == "both"
-               or m.startswith("fold" if rec.cv.test_from == "folds" else "refit")]
-    test = pd.DataFrame(np.mean([preds[m]["test"] for m in members], axis=0),
-                        index=pd.Index(ctx.test_ids, name="Id"), columns=classes)
-    run_dir.write_oof(oof, classes)
-    run_dir.write_test(test, classes)
-    labels = pd.Series([ctx.classes[i] for i in ctx.y_np], index=ctx.ids)
-    scores = report.oof_scores(oof, labels, classes) if len(oof) else {}
-    stats = {m: p["stats"] for m, p in preds.items()}
-    train_s = sum(s["train_s"] for s in stats.values())
-    summary = {
-        "run": run_dir.name, "kind": "train", "competition": ctx.comp.name, "classes": classes,
-        "metric": "accuracy", **scores, "folds_sha256": sha256_file(ctx.comp.folds_path),
-        "test_from": rec.cv.test_from, "test_members": members,
-        "recipe": ctx.timings.get("recipe_path"), "targeted": ctx.targeted,
-        "timings": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
-                    "models": stats},
-        "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
-        "warnings": _distribution_warnings(test, labels, classes),
-    }
-    for w in summary["warnings"]:
-        ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
-    run_dir.write_summary(summary)
-    run_dir.write_provenance(_provenance(ctx, t_start))
-    report.write_run_plots(run_dir, labels)
-    return summary
-
-
-def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[str],
-                           limit: float = 0.15) -> list[str]:
-    """Warn when the test predicted-class distribution is far (total variation) from train's."""
-    if test.empty:
-        return []
-    pred = pd.Series(test.to_numpy().argmax(1)).map(dict(enumerate(classes)))
-    p = pred.value_counts(normalize=True).reindex(classes, fill_value=0.0)
-    q = labels.value_counts(normalize=True).reindex(classes, fill_value=0.0)
-    tv = 0.5 * float((p - q).abs().sum())
-    if tv <= limit:
-        return []
-    worst = (p - q).abs().sort_values(ascending=False).index[:3]
-    detail = ", ".join(f"{c} {p[c]:.1%} vs {q[c]:.1%}" for c in worst)
-    return [f"test predicted-class distribution differs from train's (total variation {tv:.2f} > "
-            f"{limit}): {detail}; check test preprocessing or a shift between train and test"]
-
-
-def _provenance(ctx: Ctx, t_start: float) -> dict:
-    """git sha + dirty flag, library versions, data + folds hashes, seed, argv, host, times."""
-    import hashlib
-    import importlib.metadata as md
-    import json
-    import platform
-    import socket
-    import subprocess
-    import sys
-    from datetime import datetime, timezone
-
-    repo = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
-            return out.stdout.strip() if out.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    meta = ctx.comp.meta()
-    files = json.dumps(meta.get("files", {}), sort_keys=True).encode()
-    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
-    status = git("status", "--porcelain")
-    return {
-        "git": {"sha": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None},
-        "versions": {"python": platform.python_version(),
-                     **{p: _version(md, p) for p in ("kaggle_kit", "torch", "timm", "accelerate",
-                                                     "albumentations", "numpy", "pandas")}},
-        "data": {"competition": ctx.comp.name, "files_sha256": hashlib.sha256(files).hexdigest(),
-                 "folds_sha256": sha256_file(ctx.comp.folds_path), "n_train": len(ctx.ids),
-                 "n_test": len(ctx.test_ids)},
-        "seed": ctx.rec.seed, "argv": sys.argv, "host": socket.gethostname(),
-        "platform": platform.platform(), "device": str(ctx.acc.device),
-        "num_processes": ctx.acc.num_processes, "mixed_precision": ctx.acc.mixed_precision,
-        "start": iso(t_start), "end": iso(time.time()),
-    }
-
-
-def _version(md, pkg: str) -> str | None:
-    try:
-        return md.version(pkg)
-    except md.PackageNotFoundError:
-        return None

@@ -1,0 +1,245 @@
+"""The files `kit train` reads and writes in runs/<run>/ (DESIGN.md section 1), for train.py.
+
+Run folder checks (recipe.yaml of another recipe is refused), per-fold files (state.pt written
+atomically after each epoch, metrics.jsonl, model.pt, oof.csv / test.csv, done.json) and the run
+outputs (oof.csv, test.csv, summary.json, provenance.json, plots). Only rank 0 calls the writers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kaggle_kit import KitError
+from kaggle_kit.train_setup import Ctx
+from kaggle_kit.workspace import RunDir, sha256_file, write_csv, write_text
+
+# ----------------------------------------------------------------------------- run folder (no torch)
+
+
+def check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool) -> bool:
+    """Refuse a run folder whose recipe.yaml differs from this recipe (unless force, which
+    starts it over). Returns whether to resume."""
+    if not run_dir.recipe_path.exists():
+        if resume:
+            raise KitError(f"{run_dir.root}: nothing to resume (no recipe.yaml); drop --resume")
+        return False
+    if run_dir.recipe_path.read_text() == recipe_text:
+        return resume
+    if not force:
+        raise KitError(f"{run_dir.recipe_path}: this run folder belongs to another recipe "
+                       "(or other overrides); choose --name, or pass --force to overwrite it")
+    return False
+
+
+def prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool) -> None:
+    """Write the resolved recipe; without --resume, clear earlier fold results."""
+    import shutil
+
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for d in [*run_dir.root.glob("fold*"), *run_dir.root.glob("refit*")]:
+            shutil.rmtree(d)
+        for f in (run_dir.oof_path, run_dir.test_path, run_dir.summary_path, run_dir.confusion_png,
+                  run_dir.curves_png, run_dir.provenance_path):
+            f.unlink(missing_ok=True)
+    write_text(run_dir.recipe_path, recipe_text)
+
+
+# ----------------------------------------------------------------------------- fold files
+
+
+def cpu_state(net) -> dict:
+    """A copy of `net`'s state_dict on the CPU (a snapshot that later steps do not change)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def save_state(fdir: Path, epoch: int, net, opt, sched, ema, best, acc) -> None:
+    """fold<k>/state.pt after each epoch (atomic): all a resumed fold needs to continue."""
+    import torch
+
+    from kaggle_kit.workspace import atomic_path
+
+    state = {"epoch": epoch + 1, "model": net.state_dict(), "optimizer": opt.state_dict(),
+             "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+             "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+             "best": best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
+    with atomic_path(fdir / "state.pt") as tmp:
+        torch.save(state, tmp)
+
+
+def restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | None]:
+    """(first epoch to train, best-so-far) from fold<k>/state.pt, or (0, None) for a fresh fold.
+    RNGs are re-seeded per epoch (_seed_rngs), so the saved ones are for the record only."""
+    import torch
+
+    path = fdir / "state.pt"
+    if not path.exists():
+        if ctx.acc.is_main_process and (fdir / "metrics.jsonl").exists():
+            (fdir / "metrics.jsonl").unlink()
+        return 0, None
+    state = torch.load(path, map_location=ctx.acc.device, weights_only=False)
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if ema is not None and state["ema"] is not None:
+        ema.load_state_dict(state["ema"])
+    if ctx.acc.scaler is not None and state["scaler"] is not None:
+        ctx.acc.scaler.load_state_dict(state["scaler"])
+    if ctx.acc.is_main_process:  # drop metric lines of epochs after the checkpoint
+        lines = (fdir / "metrics.jsonl").read_text().splitlines()[: state["epoch"]]
+        write_text(fdir / "metrics.jsonl", "".join(line + "\n" for line in lines))
+    return state["epoch"], state["best"]
+
+
+def append_metrics(fdir: Path, row: dict, epoch: int) -> None:
+    """Append one epoch's row to fold<k>/metrics.jsonl (schema: COMMON / DESIGN)."""
+    import json
+
+    fdir.mkdir(parents=True, exist_ok=True)
+    with open(fdir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) -> None:
+    """model.pt (weights + what is needed to use them), the fold's predictions, done.json."""
+    import torch
+
+    from kaggle_kit.workspace import atomic_path, write_json
+
+    cfg = {"model": ctx.rec.model.model_dump(), "classes": ctx.classes, "img_size": ctx.img_size,
+           "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
+    with atomic_path(fdir / "model.pt") as tmp:
+        torch.save({"model": cpu_state(net), "config": cfg}, tmp)
+    if val is not None:
+        write_csv(fdir / "oof.csv", _frame(val, val_ids, ctx.classes))
+    write_csv(fdir / "test.csv", _frame(test, ctx.test_ids, ctx.classes))
+    write_json(fdir / "done.json", stats)
+    (fdir / "state.pt").unlink(missing_ok=True)
+
+
+def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
+    """A finished fold read back from its files, in the shape train_fold returns."""
+    from kaggle_kit.workspace import read_json
+
+    def read(path, ids):
+        df = pd.read_csv(path, dtype={"Id": str}).set_index("Id")
+        return df.loc[ids, ctx.classes].to_numpy(dtype=float)
+
+    val = read(fdir / "oof.csv", val_ids) if val_ids is not None else None
+    return {"val_ids": val_ids, "val": val, "test": read(fdir / "test.csv", ctx.test_ids),
+            "stats": read_json(fdir / "done.json")}
+
+
+def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(p, columns=classes).assign(Id=ids)[["Id", *classes]]
+
+
+# ----------------------------------------------------------------------------- run outputs
+
+
+def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
+    """oof.csv (each Id of the run's folds exactly once), test.csv, summary.json,
+    provenance.json, confusion.png + curves.png. Main process only."""
+    from kaggle_kit import report
+
+    rec, classes, run_dir = ctx.rec, ctx.classes, ctx.run_dir
+    parts = [_frame(p["val"], p["val_ids"], classes).assign(fold=int(m[4:]))
+             for m, p in preds.items() if p["val"] is not None]
+    oof = pd.concat(parts).set_index("Id") if parts else pd.DataFrame(columns=["fold", *classes])
+    expected = {ctx.ids[i] for i in range(len(ctx.ids)) if f"fold{ctx.fold[i]}" in preds}
+    if oof.index.duplicated().any() or set(oof.index) != expected:  # never by position: by Id
+        raise RuntimeError("internal error: oof.csv must hold each train Id of the run's folds "
+                           f"exactly once ({len(oof)} rows, {len(expected)} expected Ids)")
+    members = [m for m in preds if rec.cv.test_from == "both"
+               or m.startswith("fold" if rec.cv.test_from == "folds" else "refit")]
+    test = pd.DataFrame(np.mean([preds[m]["test"] for m in members], axis=0),
+                        index=pd.Index(ctx.test_ids, name="Id"), columns=classes)
+    run_dir.write_oof(oof, classes)
+    run_dir.write_test(test, classes)
+    labels = pd.Series([ctx.classes[i] for i in ctx.y_np], index=ctx.ids)
+    scores = report.oof_scores(oof, labels, classes) if len(oof) else {}
+    stats = {m: p["stats"] for m, p in preds.items()}
+    train_s = sum(s["train_s"] for s in stats.values())
+    summary = {
+        "run": run_dir.name, "kind": "train", "competition": ctx.comp.name, "classes": classes,
+        "metric": "accuracy", **scores, "folds_sha256": sha256_file(ctx.comp.folds_path),
+        "test_from": rec.cv.test_from, "test_members": members,
+        "recipe": ctx.timings.get("recipe_path"), "targeted": ctx.targeted,
+        "timings": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
+                    "models": stats},
+        "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
+        "warnings": _distribution_warnings(test, labels, classes),
+    }
+    for w in summary["warnings"]:
+        ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
+    run_dir.write_summary(summary)
+    run_dir.write_provenance(_provenance(ctx, t_start))
+    report.write_run_plots(run_dir, labels)
+    return summary
+
+
+def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[str],
+                           limit: float = 0.15) -> list[str]:
+    """Warn when the test predicted-class distribution is far (total variation) from train's."""
+    if test.empty:
+        return []
+    pred = pd.Series(test.to_numpy().argmax(1)).map(dict(enumerate(classes)))
+    p = pred.value_counts(normalize=True).reindex(classes, fill_value=0.0)
+    q = labels.value_counts(normalize=True).reindex(classes, fill_value=0.0)
+    tv = 0.5 * float((p - q).abs().sum())
+    if tv <= limit:
+        return []
+    worst = (p - q).abs().sort_values(ascending=False).index[:3]
+    detail = ", ".join(f"{c} {p[c]:.1%} vs {q[c]:.1%}" for c in worst)
+    return [f"test predicted-class distribution differs from train's (total variation {tv:.2f} > "
+            f"{limit}): {detail}; check test preprocessing or a shift between train and test"]
+
+
+def _provenance(ctx: Ctx, t_start: float) -> dict:
+    """git sha + dirty flag, library versions, data + folds hashes, seed, argv, host, times."""
+    import hashlib
+    import importlib.metadata as md
+    import json
+    import platform
+    import socket
+    import subprocess
+    import sys
+    from datetime import datetime, timezone
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    meta = ctx.comp.meta()
+    files = json.dumps(meta.get("files", {}), sort_keys=True).encode()
+    iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
+    status = git("status", "--porcelain")
+    return {
+        "git": {"sha": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None},
+        "versions": {"python": platform.python_version(),
+                     **{p: _version(md, p) for p in ("kaggle_kit", "torch", "timm", "accelerate",
+                                                     "albumentations", "numpy", "pandas")}},
+        "data": {"competition": ctx.comp.name, "files_sha256": hashlib.sha256(files).hexdigest(),
+                 "folds_sha256": sha256_file(ctx.comp.folds_path), "n_train": len(ctx.ids),
+                 "n_test": len(ctx.test_ids)},
+        "seed": ctx.rec.seed, "argv": sys.argv, "host": socket.gethostname(),
+        "platform": platform.platform(), "device": str(ctx.acc.device),
+        "num_processes": ctx.acc.num_processes, "mixed_precision": ctx.acc.mixed_precision,
+        "start": iso(t_start), "end": iso(time.time()),
+    }
+
+
+def _version(md, pkg: str) -> str | None:
+    try:
+        return md.version(pkg)
+    except md.PackageNotFoundError:
+        return None
