@@ -52,9 +52,9 @@ def _print(obj) -> None:
     if isinstance(obj, str):
         typer.echo(obj)
     else:
-        from rich import print_json
-
         import json
+
+        from rich import print_json
 
         print_json(json.dumps(obj, default=str))
 

@@ -124,7 +124,7 @@ def test_pretrained_file_offline(train_tiny, tmp_path: Path) -> None:
 
     net = models.create_model("kit_resnet9", 7)  # another head size: the file's head is dropped
     torch.save(net.state_dict(), tmp_path / "w.pth")
-    s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]",
+    s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "model.name=kit_resnet9",
                    f"model.pretrained_file={tmp_path / 'w.pth'}")
     assert s["cv"]["accuracy"] >= 0
     saved = torch.load(train_tiny.runs_dir / "r" / "fold0" / "model.pt", weights_only=False)
