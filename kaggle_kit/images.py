@@ -66,9 +66,7 @@ def build_cache(comp: CompetitionDir, split: str, size: tuple[int, int] | None =
                 "bytes": arr_path.stat().st_size, "decode_s": 0.0, "built": False}
     ids = split_ids(comp, split)
     t0 = time.perf_counter()
-    meta = comp.meta()  # read once: comp.image_path() re-reads competition.json on every call
-    folder, ext = comp.root / meta[f"{split}_dir"], meta["ext"]
-    images = [decode_image(folder / f"{i}{ext}", size) for i in _progress(ids, split, progress)]
+    images = [decode_image(comp.image_path(split, i), size) for i in _progress(ids, split, progress)]
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         hist = _size_histogram(images)

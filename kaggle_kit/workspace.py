@@ -102,6 +102,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 # ----------------------------------------------------------------------------- competitions
 
+_META_CACHE: dict[Path, tuple[tuple[int, int], dict]] = {}  # competition.json path -> (stamp, meta)
+
 
 @dataclass(frozen=True)
 class CompetitionDir:
@@ -142,7 +144,19 @@ class CompetitionDir:
         return self.root / "cache"
 
     def meta(self) -> dict:
-        return read_json(self.meta_path)
+        """competition.json, parsed once per version of the file (keyed by mtime and size), so
+        per-image helpers such as `image_path` cost no JSON read. Returns a shallow copy: callers
+        may set top-level keys (then `write_meta`), never edit nested values in place."""
+        path = self.meta_path
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            return read_json(path)  # raises the one-line "not found" error
+        hit = _META_CACHE.get(path)
+        if hit is None or hit[0] != stamp:
+            hit = _META_CACHE[path] = (stamp, read_json(path))
+        return dict(hit[1])
 
     def write_meta(self, meta: dict) -> None:
         write_json(self.meta_path, meta)
