@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 SETS = {
@@ -29,32 +28,25 @@ SETS = {
 }
 
 
-def fold_probs(model_pt: Path, x: np.ndarray, views: list[str]) -> dict[str, np.ndarray]:
-    """{view: (N, C) softmax probabilities} of the model in model_pt on uint8 images x (N,H,W,3)."""
-    import timm
-
-    import kaggle_kit.models  # noqa: F401  (registers kit_* nets in timm)
-    from kaggle_kit import augment
+def fold_probs(model_pt: Path, x: np.ndarray, views: list[str],
+               channels_last: bool) -> dict[str, np.ndarray]:
+    """{view: (N, C) softmax probabilities} of the model in model_pt on uint8 images x (N,H,W,3),
+    preprocessed by the training loop's own `to_input`."""
+    from kaggle_kit import augment, models
+    from kaggle_kit.train import to_input
 
     ck = torch.load(model_pt, map_location="cpu", weights_only=False)
-    cfg = ck["config"]
-    m = cfg["model"]
-    net = timm.create_model(m["name"], num_classes=len(cfg["classes"]),
-                            **({"drop_rate": m["drop_rate"]} if m.get("drop_rate") else {}))
+    cfg, m = ck["config"], ck["config"]["model"]
+    net = models.create_model(m["name"], len(cfg["classes"]), drop_rate=m["drop_rate"],
+                              drop_path_rate=m["drop_path_rate"] or 0.0, img_size=cfg["img_size"])
     net.load_state_dict(ck["model"])
     net.eval()
-    xb = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float()
-    xb = (xb - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
-    if xb.shape[-1] != cfg["img_size"]:
-        xb = torch.nn.functional.interpolate(xb, size=(cfg["img_size"],) * 2, mode="bilinear",
-                                             align_corners=False)
-    xb = xb.contiguous(memory_format=torch.channels_last)
-    out = {}
+    mean, std = (torch.tensor(cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    xb = to_input(torch.from_numpy(np.ascontiguousarray(x)), mean, std, cfg["img_size"],
+                  channels_last)
     with torch.no_grad():
-        for v in views:
-            out[v] = torch.cat([torch.softmax(net(augment.tta_views(c, [v])[0]), 1)
-                                for c in xb.split(256)]).numpy()
-    return out
+        return {v: torch.cat([torch.softmax(net(augment.tta_views(c, [v])[0]), 1)
+                              for c in xb.split(256)]).numpy() for v in views}
 
 
 def main() -> None:
@@ -74,15 +66,17 @@ def main() -> None:
     s = rec.data.image_size
     ids, x = images.load_cache(comp, "train", (s, s) if s and rec.data.resize == "decode" else None)
     pos = {i: k for k, i in enumerate(ids)}
-    folds = pd.read_csv(comp.folds_path, dtype={"Id": str})
+    folds = comp.folds()
     classes = run.summary()["classes"]
+    class_index = {c: i for i, c in enumerate(classes)}
     all_views = list(dict.fromkeys(v for vs in SETS.values() for v in vs))
     right = {name: [] for name in SETS}
     for fdir in sorted(args.run.glob("fold*")):
         k = int(fdir.name[4:])
         rows = folds[folds["fold"] == k]
-        y = np.array([classes.index(label) for label in rows["label"]])
-        probs = fold_probs(fdir / "model.pt", x[[pos[i] for i in rows["Id"]]], all_views)
+        y = rows["label"].map(class_index).to_numpy()
+        probs = fold_probs(fdir / "model.pt", x[[pos[i] for i in rows["Id"]]], all_views,
+                           rec.train.channels_last)
         for name, vs in SETS.items():
             hit = np.mean([probs[v] for v in vs], axis=0).argmax(1) == y
             right[name].append(hit)

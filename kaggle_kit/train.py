@@ -264,15 +264,21 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
 
 
 def _to_input(ctx: Ctx, xb):
-    """(B,H,W,3) uint8 -> (B,3,S,S) float normalised; channels_last memory if the recipe says."""
+    return to_input(xb, ctx.mean, ctx.std, ctx.img_size, ctx.rec.train.channels_last)
+
+
+def to_input(xb, mean, std, img_size: int, channels_last: bool):
+    """(B,H,W,3) uint8 -> (B,3,S,S) float normalised with mean/std (1,3,1,1); bilinear resize to
+    img_size when the cache holds another size (data.resize: device); channels_last if asked.
+    The one preprocessing of training, validation, test and benchmarks/tta_views.py."""
     import torch
 
     x = xb.permute(0, 3, 1, 2).float()  # NHWC storage viewed as NCHW = channels_last already
-    x = (x - ctx.mean) / ctx.std
-    if x.shape[-1] != ctx.img_size or x.shape[-2] != ctx.img_size:  # data.resize: device
-        x = torch.nn.functional.interpolate(x, size=(ctx.img_size, ctx.img_size),
+    x = (x - mean) / std
+    if x.shape[-1] != img_size or x.shape[-2] != img_size:
+        x = torch.nn.functional.interpolate(x, size=(img_size, img_size),
                                             mode="bilinear", align_corners=False)
-    fmt = torch.channels_last if ctx.rec.train.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
 
 
