@@ -85,6 +85,18 @@ def test_pretrained_file_for_kit_net(tmp_path):
     assert torch.allclose(src(x), again(x))
 
 
+def test_pretrained_file_from_another_competitions_run(tmp_path):
+    """A fold's model.pt of a run on another competition (10 classes) initialises a 15-class net:
+    the trunk is copied, the head is new (pretraining on a related competition)."""
+    src = create_model("kit_resnet9", 10)
+    torch.save({"model": src.state_dict(), "config": {"competition": "cifar10-mini"}},
+               tmp_path / "model.pt")
+    net = create_model("kit_resnet9", 15, pretrained_file=str(tmp_path / "model.pt"))
+    assert net.head.weight.shape[0] == 15
+    trunk = [k for k in src.state_dict() if not k.startswith("head")]
+    assert trunk and all(torch.equal(net.state_dict()[k], src.state_dict()[k]) for k in trunk)
+
+
 def test_pretrained_file_errors(tmp_path):
     with pytest.raises(KitError, match="nope.pth not found"):
         create_model(TINY, 3, pretrained_file=str(tmp_path / "nope.pth"))
