@@ -110,7 +110,8 @@ def write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) 
 
     from kaggle_kit.workspace import atomic_path, write_json
 
-    cfg = {"model": ctx.rec.model.model_dump(), "classes": ctx.classes, "img_size": ctx.img_size,
+    cfg = {"model": ctx.rec.model.model_dump(), "competition": ctx.comp.name,
+           "classes": ctx.classes, "img_size": ctx.img_size,
            "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
     with atomic_path(fdir / "model.pt") as tmp:
         torch.save({"model": cpu_state(net), "config": cfg}, tmp)

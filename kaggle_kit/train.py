@@ -56,9 +56,8 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     recipe_text = recipes.dump(rec)
     resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force)
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
-    if rec.model.pretrained_file and not Path(rec.model.pretrained_file).exists():
-        raise KitError(f"model.pretrained_file: {rec.model.pretrained_file} not found; "
-                       "download the weights file or set model.pretrained_file=null")
+    if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
+        rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
 
     import torch
     from accelerate import Accelerator

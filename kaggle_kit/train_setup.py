@@ -42,6 +42,58 @@ def resolve_targeted(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path) 
     return {"classes": chosen, "factor": t.factor, "transforms": t.transforms, "source": source}
 
 
+def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path) -> str | None:
+    """model.pretrained_file as the path of a weights file, or None.
+
+    A kit run folder (a path, or a run name under runs_dir) stands for its refit0/model.pt, else
+    its fold0/model.pt: pretraining on a related competition is `kit train ... competition=other`,
+    then `model.pretrained_file=runs/<that run>`. Refuses kit weights trained on this same
+    competition: they have seen every fold's validation images, so the OOF scores would be leaked."""
+    given = rec.model.pretrained_file
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.exists() and (runs_dir / given).is_dir():
+        path = runs_dir / given
+    if path.is_dir():
+        found = next((c for c in (path / "refit0" / "model.pt", path / "fold0" / "model.pt")
+                      if c.is_file()), None)
+        if found is None:
+            raise KitError(f"model.pretrained_file: {path} is a folder without refit0/model.pt or "
+                           "fold0/model.pt; give a run with a finished model or a weights file")
+        path = found
+    if not path.is_file():
+        raise KitError(f"model.pretrained_file: {given} not found; "
+                       "download the weights file or set model.pretrained_file=null")
+    source = _trained_on(path)
+    if source == comp.name:
+        raise KitError(f"model.pretrained_file: {path} was trained on {comp.name} itself, so it has "
+                       "seen every fold's validation images and the OOF scores would be leaked; "
+                       "pretrain on another competition or use ImageNet weights")
+    return str(path)
+
+
+def _trained_on(path: Path) -> str | None:
+    """The competition a kit model.pt was trained on: its config (kit >= 0.1 writes it) or,
+    for a fold / refit model inside a run folder, that run's summary.json."""
+    import json
+
+    import torch
+
+    try:
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        name = (saved.get("config") or {}).get("competition") if isinstance(saved, dict) else None
+    except Exception:  # noqa: BLE001 - not a kit checkpoint (safetensors, foreign pickle)
+        name = None
+    summary = path.parent.parent / "summary.json"
+    if name is None and path.name == "model.pt" and summary.is_file():
+        try:
+            name = json.loads(summary.read_text()).get("competition")
+        except (OSError, ValueError):
+            name = None
+    return name
+
+
 def check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
     """Fail before training on a bad albumentations spec or TTA view name."""
     import torch

@@ -131,6 +131,39 @@ def test_pretrained_file_offline(train_tiny, tmp_path: Path) -> None:
     assert saved["config"]["model"]["pretrained_file"] == str(tmp_path / "w.pth")
 
 
+def test_pretrain_on_another_competition_then_fine_tune(train_tiny, demo_data_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """model.pretrained_file=<run name> takes that run's fold0/model.pt (head re-sized); weights
+    trained on the same competition are refused, since every fold's OOF would be leaked."""
+    from kaggle_kit.train import run
+
+    other = tmp_path / "other_data"
+    shutil.copytree(demo_data_dir / "demo", other / "digits_b")  # a second competition
+    run(RECIPES / "demo.yaml", [*TINY, "competition=digits_b", "train.epochs=1", "cv.folds=[0]"],
+        name="pre", runs_dir=train_tiny.runs_dir, data_dir=other)
+    pre = torch.load(train_tiny.runs_dir / "pre" / "fold0" / "model.pt", weights_only=False)
+    assert pre["config"]["competition"] == "digits_b"
+
+    train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "model.pretrained_file=pre", name="ft")
+    ft_dir = train_tiny.runs_dir / "ft"
+    ft = torch.load(ft_dir / "fold0" / "model.pt", weights_only=False)
+    assert ft["config"]["model"]["pretrained_file"] == str(train_tiny.runs_dir / "pre" / "fold0" / "model.pt")
+    assert "pretrained_file: pre" in (ft_dir / "recipe.yaml").read_text()  # as the user gave it
+
+    with pytest.raises(KitError, match=r"ft/fold0/model.pt was trained on demo itself.*leaked") as e:
+        train_tiny("demo", "train.epochs=1", "cv.folds=[0]",
+                   f"model.pretrained_file={ft_dir}", name="leak")
+    assert "\n" not in str(e.value)
+    del ft["config"]["competition"]  # a model.pt without it: the run's summary.json tells
+    torch.save(ft, ft_dir / "fold0" / "model.pt")
+    with pytest.raises(KitError, match="trained on demo itself"):
+        train_tiny("demo", "train.epochs=1", "cv.folds=[0]",
+                   f"model.pretrained_file={ft_dir / 'fold0' / 'model.pt'}", name="leak")
+    with pytest.raises(KitError, match="is a folder without refit0/model.pt or fold0/model.pt"):
+        train_tiny("demo", "train.epochs=1", "cv.folds=[0]", f"model.pretrained_file={other}",
+                   name="leak")
+
+
 @pytest.mark.parametrize("overrides, match", [
     (["model.name=kit_resnet99"], r"unknown model; did you mean .*kit_resnet9"),
     (["model.pretrained_file=/nowhere/w.pth"], r"pretrained_file: /nowhere/w.pth not found"),
