@@ -36,7 +36,7 @@ class Data(_Strict):
 class Model(_Strict):
     name: str  # any timm name, or kit_resnet9 / kit_baseline_cnn (registered by kaggle_kit.models)
     pretrained: bool = False  # ImageNet weights from the hub (needs internet or the HF cache)
-    pretrained_file: str | None = None  # offline weights (.pth/.safetensors); implies pretrained
+    pretrained_file: str | None = None  # weights file (.pth/.safetensors) or a kit run of another competition
     drop_rate: float = Field(0.0, ge=0, lt=1)  # dropout before the classifier
     drop_path_rate: float | None = Field(None, ge=0, lt=1)  # stochastic depth (nets that have it)
 
