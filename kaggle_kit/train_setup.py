@@ -28,8 +28,7 @@ def resolve_targeted(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path) 
         return None
     valid = comp.classes
     if t.auto is not None:
-        src = Path(t.from_run)
-        src = src if (src / "summary.json").exists() else runs_dir / t.from_run
+        src = _run_path(t.from_run, runs_dir)
         per_class = RunDir(src).summary().get("per_class") or {}
         ranked = sorted(per_class, key=lambda c: (per_class[c] is None, per_class[c] or 0.0, c))
         chosen, source = ranked[: t.auto], f"auto: lowest {t.auto} OOF accuracy of {src}"
@@ -52,9 +51,7 @@ def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path
     given = rec.model.pretrained_file
     if not given:
         return None
-    path = Path(given).expanduser()
-    if not path.exists() and (runs_dir / given).is_dir():
-        path = runs_dir / given
+    path = _run_path(given, runs_dir)
     if path.is_dir():
         found = next((c for c in (path / "refit0" / "model.pt", path / "fold0" / "model.pt")
                       if c.is_file()), None)
@@ -73,11 +70,15 @@ def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path
     return str(path)
 
 
+def _run_path(given: str, runs_dir: Path) -> Path:
+    """A run (or file) given as a path, or as a run name under runs_dir."""
+    path = Path(given).expanduser()
+    return runs_dir / given if not path.exists() and (runs_dir / given).exists() else path
+
+
 def _trained_on(path: Path) -> str | None:
     """The competition a kit model.pt was trained on: its config (kit >= 0.1 writes it) or,
     for a fold / refit model inside a run folder, that run's summary.json."""
-    import json
-
     import torch
 
     try:
@@ -85,12 +86,9 @@ def _trained_on(path: Path) -> str | None:
         name = (saved.get("config") or {}).get("competition") if isinstance(saved, dict) else None
     except Exception:  # noqa: BLE001 - not a kit checkpoint (safetensors, foreign pickle)
         name = None
-    summary = path.parent.parent / "summary.json"
-    if name is None and path.name == "model.pt" and summary.is_file():
-        try:
-            name = json.loads(summary.read_text()).get("competition")
-        except (OSError, ValueError):
-            name = None
+    run = RunDir(path.parent.parent)
+    if name is None and path.name == "model.pt" and run.summary_path.is_file():
+        name = run.summary().get("competition")
     return name
 
 
