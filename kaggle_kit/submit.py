@@ -67,7 +67,7 @@ def submission_spec(comp: CompetitionDir) -> dict:
     spec = {"id_col": id_col, "columns": columns, "kind": kind, "task": task, "metric": metric,
             "positive": sub.get("positive"), "k": sub.get("k"), "prob_columns": {}}
     if kind in ("label", "labels") and len(rest) != 1:
-        raise KitError(f"{comp.root / meta['sample_submission']}: columns "
+        raise KitError(f"{comp.source_root / meta['sample_submission']}: columns "
                        f"{rest} are neither one label column nor one column per class {classes}")
     if kind == "label" and task == "multilabel":
         raise KitError(f"{where}: submission kind label gives one class per image, but the task is "
