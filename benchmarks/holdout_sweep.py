@@ -84,7 +84,8 @@ def main() -> None:
                 print(f"{name}: FAILED (exit {proc.returncode}); see {a.runs_dir / name}.log")
                 continue
             rows[name] = {"overrides": " ".join(ov), "wall_s": wall, **score(a.runs_dir / name, truth)}
-            print(f"{name}: done in {wall:.0f} s", flush=True)
+            print(f"{name}: done in {wall:.0f} s: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in rows[name].items() if isinstance(v, float)), flush=True)
         time.sleep(2)
     table = pd.DataFrame.from_dict(rows, orient="index")
     print(f"\n{a.competition}: fold {a.holdout_fold} held out ({len(truth)} images); recipe "
