@@ -1,5 +1,5 @@
 """`kit fetch`: a Kaggle competition (download, `--from` zip/folder, or the offline demo) into a
-verified `data/<comp>/` (DESIGN.md section 1).
+verified `data/<comp>/` (docs/design.md section 1).
 
 Steps: obtain the zip -> safe unzip into `files/` of a temp folder next to the target (nested top
 folder and zips-inside-the-zip unpacked) -> detect the layout -> validate (both in layout.py) ->
