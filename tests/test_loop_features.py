@@ -156,7 +156,8 @@ def _fold0_log_loss(loop, run: Path) -> float:
 
 def test_checkpoint_last_and_best(loop) -> None:
     """The OOF predictions come from the last epoch's weights (last) or from the epoch with the
-    lowest validation loss (best); with one TTA view their log loss is that epoch's val_loss.
+    lowest validation loss (best: what kit minimises for demo's metric, accuracy); with one TTA
+    view their log loss is that epoch's val_loss.
     A high constant lr makes the last epoch worse than an earlier one."""
     rough = ["train.epochs=5", "train.schedule=constant", "train.lr=3.0"]
     last = loop("ckpt_last", *rough, "train.checkpoint=last")
