@@ -23,6 +23,7 @@ runfiles.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -167,8 +168,6 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
 def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, epoch):
     """One pass over this rank's slice of the epoch's batches.
     Returns (mean train loss, train accuracy, images seen by all ranks, seconds)."""
-    import contextlib
-
     import torch
 
     from kaggle_kit import augment
@@ -232,8 +231,6 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment
-
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
     mine = np.minimum(np.arange(acc.process_index * per, (acc.process_index + 1) * per), n - 1)
@@ -244,10 +241,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     with torch.no_grad():
         for i in range(0, per, bs):
             idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
-            x = _to_input(ctx, x_all[idx])
-            with acc.autocast():
-                ps = [torch.softmax(net(v).float(), dim=1) for v in augment.tta_views(x, views)]
-            probs.append(torch.stack(ps).mean(0))
+            probs.append(predict_batch(net, x_all[idx], ctx.mean, ctx.std, ctx.img_size,
+                                       ctx.rec.train.channels_last, views, acc.autocast))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
     p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
@@ -279,6 +274,21 @@ def to_input(xb, mean, std, img_size: int, channels_last: bool):
                                             mode="bilinear", align_corners=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
+
+
+def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
+                  autocast=contextlib.nullcontext):
+    """(B,C) softmax probabilities of a (B,H,W,3) uint8 batch on net's device, averaged over the
+    TTA `views`; the net runs under `autocast()` (the run's mixed precision). The one test-time
+    path: validation (OOF) and test.csv here, and `kit predict` (predict.py). Call under no_grad."""
+    import torch
+
+    from kaggle_kit import augment
+
+    x = to_input(xb, mean, std, img_size, channels_last)
+    with autocast():
+        ps = [torch.softmax(net(v).float(), dim=1) for v in augment.tta_views(x, views)]
+    return torch.stack(ps).mean(0)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:

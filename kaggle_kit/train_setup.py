@@ -114,13 +114,14 @@ def precision(mode: str) -> str:
     return "bf16" if ok else "no"
 
 
-def progress_bars(enabled: bool):
-    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch."""
+def progress_bars(enabled: bool, transient: bool = False):
+    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch.
+    transient: erased when done (kit predict: an error then stays the only line)."""
     from rich import progress as rp
 
     return rp.Progress(rp.TextColumn("{task.description:>12}"), rp.BarColumn(),
                        rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                       rp.TimeRemainingColumn(), disable=not enabled)
+                       rp.TimeRemainingColumn(), disable=not enabled, transient=transient)
 
 
 # ----------------------------------------------------------------------------- data + context
@@ -160,7 +161,7 @@ def load_context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir
     from kaggle_kit import images
 
     s = rec.data.image_size
-    size = (s, s) if s and rec.data.resize == "decode" else None
+    size = decode_size(rec.data)
     cache_ids, cache_x = images.load_cache(comp, "train", size)
     test_ids, test_x = images.load_cache(comp, "test", size)
     folds = comp.folds()
@@ -187,6 +188,14 @@ def load_context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir
                std=torch.tensor(std, device=dev).view(1, 3, 1, 1).float(),
                img_size=s or int(x.shape[1]), targeted=targeted, x_np=x,
                y_np=folds["label"].map(cls_index).to_numpy())
+
+
+def decode_size(data: recipes.Data) -> tuple[int, int] | None:
+    """(H, W) every image is resized to when decoded (data.resize: decode), or None = as shipped
+    (the net's input size is then reached on the device by train.to_input). Used for the cache and
+    by `kit predict`, so new images are decoded exactly as the run's test images were."""
+    s = data.image_size
+    return (s, s) if s and data.resize == "decode" else None
 
 
 def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -233,17 +242,26 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
 
 def build_model(ctx: Ctx):
     """timm model with a head sized from the class list, checked against the input size."""
+    return build_net(ctx.rec.model, len(ctx.classes), ctx.img_size, ctx.acc.device,
+                     ctx.rec.train.channels_last)
+
+
+def build_net(m: recipes.Model, n_classes: int, img_size: int, device, channels_last: bool,
+              weights: bool = True):
+    """The net of recipe section `m` on `device` (train and `kit predict`). weights=False skips
+    the pretrained / pretrained_file weights (offline prediction loads a run's own weights)."""
     import torch
 
     from kaggle_kit import models
 
-    m = ctx.rec.model
-    net = models.create_model(m.name, len(ctx.classes), pretrained=m.pretrained or bool(m.pretrained_file),
-                              pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
-                              drop_path_rate=m.drop_path_rate, img_size=ctx.img_size)
-    models.check_input(net, ctx.img_size)
-    net = net.to(ctx.acc.device)
-    if ctx.rec.train.channels_last:
+    net = models.create_model(m.name, n_classes,
+                              pretrained=weights and (m.pretrained or bool(m.pretrained_file)),
+                              pretrained_file=m.pretrained_file if weights else None,
+                              drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate,
+                              img_size=img_size)
+    models.check_input(net, img_size)
+    net = net.to(device)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
 
