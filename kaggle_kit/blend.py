@@ -21,7 +21,7 @@ import pandas as pd
 
 from kaggle_kit import KitError
 from kaggle_kit.report import accuracy_logloss, clean_probs, oof_scores, write_run_plots
-from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file
+from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, run_kind, sha256_file
 
 METHODS = ("mean", "weighted", "greedy", "stack")
 
@@ -298,12 +298,14 @@ def default_name(members: list[Member], method: str) -> str:
 
 
 def _out_run(runs_dir: Path, name: str, members: list[Member]) -> RunDir:
-    out = RunDir(Path(runs_dir) / name)
+    out = RunDir(Path(runs_dir) / check_run_name(name))
     if any(out.root.resolve() == m.run.root.resolve() for m in members):
         raise KitError(f"{out.root}: is one of the members; pick another --name")
-    if out.summary_path.exists() and out.summary().get("kind") != "blend":
-        raise KitError(f"{out.root}: holds a {out.summary().get('kind')} run, not a blend; pick "
-                       "another --name")
+    kind = run_kind(out.root)
+    if kind == "train":
+        raise KitError(f"{out.root}: holds a train run (kit train), not a blend; pick another --name")
+    if kind is None and out.root.exists() and (not out.root.is_dir() or any(out.root.iterdir())):
+        raise KitError(f"{out.root}: exists and was not made by kit; pick another --name")
     out.root.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -357,6 +359,8 @@ def blend(runs: list[Path], *, method: str = "best", name: str | None = None,
     runs/<name>/ (oof.csv = honest OOF, test.csv, summary.json, provenance.json, confusion.png)
     and a submission in `submissions_dir`. Returns the leaderboard and the output paths as text.
     """
+    if name is not None:
+        check_run_name(name)
     if method != "best":
         make_blender(method)  # unknown method -> error before any work
     comp, members = load_members([Path(r) for r in runs], Path(data_dir))

@@ -42,7 +42,7 @@ def _label_col(comp: CompetitionDir) -> str | None:
     if sorted(rest) == sorted(classes):
         return None
     if len(rest) != 1:
-        raise KitError(f"{comp.root / comp.meta()['sample_submission']}: columns {rest} are neither "
+        raise KitError(f"{comp.source_root / comp.meta()['sample_submission']}: columns {rest} are neither "
                        f"one label column nor one column per class {classes}")
     return rest[0]
 

@@ -34,7 +34,7 @@ import numpy as np
 from kaggle_kit import KitError, runfiles, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
 
 STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
 
@@ -49,13 +49,25 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
-    refused unless `force`; `resume` skips finished folds and continues an interrupted one."""
+    refused unless `force`; `resume` skips finished folds and continues an interrupted one.
+    A disk that fills up is a one-line KitError (finished folds stay; --resume continues)."""
+    run_name = check_run_name(name or Path(recipe_path).stem)
+    try:
+        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force)
+    except OSError as e:
+        err = disk_full(e, Path(runs_dir) / run_name, "training")
+        if err is None:
+            raise
+        raise err from None
+
+
+def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) -> dict:
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
-    run_dir = RunDir(Path(runs_dir) / (name or Path(recipe_path).stem))
+    run_dir = RunDir(Path(runs_dir) / run_name)
     recipe_text = recipes.dump(rec)
-    resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force)
+    resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force, comp)
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
         rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
@@ -67,12 +79,14 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
         torch.set_num_threads(rec.train.threads)
     acc = Accelerator(mixed_precision=train_setup.precision(rec.train.mixed_precision),
                       cpu=not torch.cuda.is_available())
-    if acc.is_main_process:
-        runfiles.prepare_run_dir(run_dir, recipe_text, resume)
-    acc.wait_for_everyone()
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
     models = train_setup.model_plan(rec, ctx)
+    # every check passed: only now delete an earlier run's files and write the run folder
+    if acc.is_main_process:
+        runfiles.prepare_run_dir(run_dir, recipe_text, resume,
+                                 runfiles.start_provenance(comp, rec.seed))
+    acc.wait_for_everyone()
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
     ctx.progress = progress = train_setup.progress_bars(acc.is_main_process)
     ctx.run_task = progress.add_task("run (epochs)", total=len(models) * rec.train.epochs)
