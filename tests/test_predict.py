@@ -173,7 +173,8 @@ def test_export_is_self_contained_and_checked(ws, tmp_path):
     assert not list(exp.rglob("*.pt")) and set(man["files"]) >= set(weights)
     assert len(list((exp / "wheels").glob(f"kaggle_kit-{__version__}-*.whl"))) == 1
     assert "pip install --no-index --find-links" in (exp / "README.md").read_text()
-    sample = ws / "data" / COMP / CompetitionDir(ws / "data" / COMP).meta()["sample_submission"]
+    comp = CompetitionDir(ws / "data" / COMP)
+    sample = comp.source_root / comp.meta()["sample_submission"]
     img_dir = CompetitionDir(ws / "data" / COMP).image_path("test", "x").parent
     args = ["predict", exp, sample, "--image-dir", img_dir, "--out", tmp_path / "s.csv"]
     _kit(*args, "--probs", tmp_path / "p.csv")  # no --data-dir: the export is enough
@@ -212,7 +213,7 @@ def test_export_installs_and_predicts_in_a_fresh_offline_venv(ws, tmp_path):
     py, kit = venv / "bin" / "python", venv / "bin" / "kit"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # not this checkout's kit
     comp = CompetitionDir(ws / "data" / COMP)
-    sample = comp.root / comp.meta()["sample_submission"]
+    sample = comp.source_root / comp.meta()["sample_submission"]
     exports = {name: tmp_path / f"exp-{name}" for name in ("a", "top")}
     for name, exp in exports.items():
         _kit("export", ws / "runs" / name, "--out", exp, *_dirs(ws))
