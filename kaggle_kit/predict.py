@@ -36,8 +36,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 def load_tree(root: Path, resolve) -> dict:
     """The prediction tree of run folder `root` (a train or blend run, or one inside an export).
 
-    Leaf: {"kind": "train", "name", "root", "classes", "recipe": Recipe, "models": [model dir]}.
-    Node: {"kind": "blend", "name", "root", "classes", "summary", "members": [tree]}.
+    Leaf: {"kind": "train", "name", "root", "classes", "task", "recipe": Recipe, "models": [model dir]}.
+    Node: {"kind": "blend", "name", "root", "classes", "task", "summary", "members": [tree]}.
     `resolve(path_text, blend_root)` finds a blend member's folder."""
     run = RunDir(Path(root))
     s = run.summary()
@@ -45,7 +45,7 @@ def load_tree(root: Path, resolve) -> dict:
     if kind == "blend":
         members = [load_tree(resolve(m["path"], run.root), resolve) for m in s["members"]]
         return {"kind": "blend", "name": run.name, "root": run.root, "classes": classes,
-                "summary": s, "members": members}
+                "task": s.get("task", "multiclass"), "summary": s, "members": members}
     if kind != "train" or not classes:
         raise KitError(f"{run.summary_path}: not a finished kit train or kit blend run "
                        f"(kind {kind!r}); give a run folder or a kit export")
@@ -57,7 +57,8 @@ def load_tree(root: Path, resolve) -> dict:
                            f"{run.test_path.name} averages; retrain it (kit train --resume) or "
                            "export the run again")
     return {"kind": "train", "name": run.name, "root": run.root, "classes": classes,
-            "recipe": recipes.load(run.recipe_path), "models": models}
+            "task": s.get("task", "multiclass"), "recipe": recipes.load(run.recipe_path),
+            "models": models}
 
 
 def _default_members(run: RunDir, test_from: str) -> list[str]:
@@ -250,7 +251,8 @@ def _leaf_chunk(leaf: dict, nets: list, arrays: list[np.ndarray], device) -> np.
         ps = [predict_batch(net, xb, torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1),
                             torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1),
                             cfg["img_size"], rec.train.channels_last, rec.tta.views,
-                            _autocast(rec, device)).cpu().numpy() for net, cfg in nets]
+                            leaf["task"], _autocast(rec, device)).cpu().numpy()
+              for net, cfg in nets]
         out[pos] = np.mean(ps, axis=0)
     return out
 
@@ -297,37 +299,52 @@ def _key(leaf: dict) -> str:
 
 
 def blender(node: dict):
-    """The fitted blender a blend run kept, rebuilt from its summary.json (blend.py's classes,
+    """The fitted blender a blend run kept, rebuilt from its summary.json (blenders.py's classes,
     so the probabilities are computed exactly as the blend's test.csv was)."""
-    from kaggle_kit import blend
+    from kaggle_kit import blenders
 
-    s, n_classes = node["summary"], len(node["classes"])
-    names = [m["run"] for m in s["members"]]
+    s, n_classes, task = node["summary"], len(node["classes"]), node["task"]
+    names, where = [m["run"] for m in s["members"]], node["root"] / "summary.json"
     if s.get("weights"):
-        model = blend.MeanBlender()
+        model = blenders.MeanBlender(task=task)
         model.weights_ = np.array([s["weights"][n] for n in names], dtype=float)
         return model
     c = s.get("coefficients")
     if not c:
-        raise KitError(f"{node['root'] / 'summary.json'}: neither weights nor coefficients; "
-                       "blend the runs again")
-    from sklearn.linear_model import LogisticRegression
+        raise KitError(f"{where}: neither weights nor coefficients; blend the runs again")
+    model = blenders.StackBlender(C=c["C"], task=task)
+    model.n_classes_ = n_classes
+    if task == "multilabel":  # one binary model per class on the members' logits
+        if any(v is None for v in c["per_class"].values()):
+            raise KitError(f"{where}: a class of the stack model was constant in the OOF rows "
+                           "(its rate is not saved); blend with a method other than stack")
+        model.models_ = [(_logistic(c["C"], [v["coef"]], [v["intercept"]], 2), 0.0)
+                         for v in (c["per_class"][k] for k in node["classes"])]
+        return model
     from sklearn.preprocessing import StandardScaler
 
     coef = np.asarray(c["coef"], dtype=float)  # (C, m*C); (1, m*2) for two classes
     if len(coef) != n_classes and not (len(coef) == 1 and n_classes == 2):
-        raise KitError(f"{node['root'] / 'summary.json'}: the stack model knows {len(coef)} of "
-                       f"{n_classes} classes; blend with a method other than stack")
-    model = blend.StackBlender(C=c["C"])
-    model.n_classes_ = n_classes
+        raise KitError(f"{where}: the stack model knows {len(coef)} of {n_classes} classes; "
+                       "blend with a method other than stack")
     model.scaler_ = StandardScaler()
     model.scaler_.mean_ = np.asarray(c["feature_mean"], dtype=float)
     model.scaler_.scale_ = np.asarray(c["feature_scale"], dtype=float)
     model.scaler_.var_ = model.scaler_.scale_ ** 2
-    model.model_ = LogisticRegression(C=c["C"])
-    model.model_.coef_, model.model_.intercept_ = coef, np.asarray(c["intercept"], dtype=float)
-    model.model_.classes_ = np.arange(n_classes)
-    model.scaler_.n_features_in_ = model.model_.n_features_in_ = coef.shape[1]
+    model.scaler_.n_features_in_ = coef.shape[1]
+    model.model_ = _logistic(c["C"], coef, c["intercept"], n_classes)
+    return model
+
+
+def _logistic(C: float, coef, intercept, n_classes: int):
+    """A fitted sklearn LogisticRegression from saved coefficients (classes 0..n_classes-1)."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C)
+    model.coef_ = np.asarray(coef, dtype=float)
+    model.intercept_ = np.asarray(intercept, dtype=float)
+    model.classes_ = np.arange(n_classes)
+    model.n_features_in_ = model.coef_.shape[1]
     return model
 
 
