@@ -61,14 +61,16 @@ def _print(obj) -> None:
 
 def _run_line(summary: dict, runs_dir: Path) -> str:
     """One readable paragraph for a finished run instead of its whole summary.json."""
-    cv = summary.get("cv", {})
-    folds = "  ".join(f"fold{f['fold']} {f['accuracy']:.4f}" for f in summary.get("per_fold", []))
+    cv, metric, nan = summary.get("cv", {}), summary.get("metric") or "accuracy", float("nan")
+    folds = "  ".join(f"fold{f['fold']} {f.get(metric, nan):.4f}" for f in summary.get("per_fold", []))
+    others = [m for m in ("accuracy", "log_loss") if m != metric]
     scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
     worst = sorted(scored.items(), key=lambda kv: kv[1])[:4]
     total = summary.get("timings", {}).get("total_s")
     lines = [
-        f"run {runs_dir / summary.get('run', '?')}: CV accuracy {cv.get('accuracy', float('nan')):.4f}"
-        f" +- {cv.get('accuracy_std', float('nan')):.4f}  log loss {cv.get('log_loss', float('nan')):.4f}"
+        f"run {runs_dir / summary.get('run', '?')}: CV {metric} {cv.get(metric, nan):.4f}"
+        f" +- {cv.get(f'{metric}_std', nan):.4f}"
+        + "".join(f"  {m.replace('_', ' ')} {cv.get(m, nan):.4f}" for m in others)
         + (f"  ({total / 60:.1f} min)" if total else ""),
         f"  per fold: {folds}",
         "  hardest classes: " + ", ".join(f"{c} {a:.3f}" for c, a in worst),
