@@ -168,9 +168,9 @@ def _unpack_inner(z: Path) -> None:
 
 def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
             hints: dict) -> dict:
-    comp.root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
+    comp.root.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no data/
     tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
                                 prefix=f".{comp.name}.partial-{os.getpid()}-"))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the final folder should look like any other
