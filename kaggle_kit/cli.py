@@ -184,11 +184,13 @@ def submissions(
 @kit_errors
 def demo(
     workdir: Annotated[Path, typer.Option(metavar="DIR", help="Where data/, runs/ and submissions/ go.")] = Path("."),
+    epochs: Annotated[int | None, typer.Option(
+        min=1, metavar="N", help="Epochs per member (default: the recipe's); 1 checks the pipeline in ~1 min.")] = None,
 ) -> None:
     """The whole pipeline offline in minutes: fetch demo -> train 2 recipes -> blend -> submit --dry-run."""
     from kaggle_kit.demo import run_demo
 
-    _print(run_demo(workdir))
+    _print(run_demo(workdir, epochs=epochs))
 
 
 class _Command(typer.core.TyperCommand):

@@ -6,7 +6,6 @@ Each step is the same function the matching `kit` command calls; nothing here is
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -33,9 +32,10 @@ def find_recipe(name: str) -> Path:
                    "run kit from a clone of the kaggle_kit repository")
 
 
-def run_demo(workdir: Path) -> str:
+def run_demo(workdir: Path, epochs: int | None = None) -> str:
     """Run fetch -> train x2 -> blend -> submit --dry-run under `workdir`; return the closing
-    summary (each run's CV, the submission, what to try next)."""
+    summary (each run's CV, the submission, what to try next). `epochs` overrides the recipe's
+    train.epochs of both members (None: as the recipe says)."""
     from rich.markup import escape
 
     from kaggle_kit import show
@@ -61,7 +61,7 @@ def run_demo(workdir: Path) -> str:
                     refold=False, id_col=None, label_col=None, train_dir=None, test_dir=None)
     say(show.fetch_lines(fetched))
     recipe = find_recipe("demo.yaml")
-    shrink = [f"train.epochs={os.environ['KIT_DEMO_EPOCHS']}"] if "KIT_DEMO_EPOCHS" in os.environ else []
+    shrink = [f"train.epochs={epochs}"] if epochs else []
     lines = []
     for i, (name, overrides) in enumerate(MEMBERS.items(), start=2):
         overrides = overrides + shrink

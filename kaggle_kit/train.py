@@ -24,8 +24,8 @@ runfiles.py.
 from __future__ import annotations
 
 import math
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,32 +35,34 @@ from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
 
-STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
-
-
-class SimulatedKill(RuntimeError):
-    """Raised when KIT_STOP_AFTER_EPOCHS is reached (tests of --resume)."""
-
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
         runs_dir: str | Path = "runs", data_dir: str | Path = "data", resume: bool = False,
-        force: bool = False) -> dict:
+        force: bool = False, on_epoch: Callable[[str, dict], None] | None = None) -> dict:
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
     refused unless `force`; `resume` skips finished folds and continues an interrupted one.
-    A disk that fills up is a one-line KitError (finished folds stay; --resume continues)."""
+    A disk that fills up is a one-line KitError (finished folds stay; --resume continues).
+    `on_epoch(model name, metrics row)` is called after each epoch's checkpoint is written (tests
+    raise from it to simulate a kill). torch's thread count is restored afterwards."""
+    import torch
+
     run_name = check_run_name(name or Path(recipe_path).stem)
+    threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
     try:
-        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force)
+        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
+                    on_epoch)
     except OSError as e:
         err = disk_full(e, Path(runs_dir) / run_name, "training")
         if err is None:
             raise
         raise err from None
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) -> dict:
+def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
@@ -70,7 +72,9 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
     targets.check_recipe(rec, comp.meta(), targeted)  # task + metric checked before any work
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
-        rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
+        model = rec.model.model_copy(
+            update={"pretrained_file": train_setup.resolve_pretrained(rec, comp, Path(runs_dir))})
+        rec = rec.model_copy(update={"model": model})  # recipes are frozen: a resolved copy
 
     import torch
     from accelerate import Accelerator
@@ -81,6 +85,7 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
                       cpu=not torch.cuda.is_available())
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
+    ctx.on_epoch = on_epoch
     models = train_setup.model_plan(rec, ctx)
     # every check passed: only now delete an earlier run's files and write the run folder
     if acc.is_main_process:
@@ -159,7 +164,8 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
         ctx.progress.console.print(_epoch_line(name, row, tr.epochs, _eta(ctx)), soft_wrap=True)
-        _maybe_simulated_kill()
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(name, row)
         spent = time.perf_counter() - t_model
         if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
@@ -393,15 +399,3 @@ def _eta(ctx: Ctx) -> str:
         return ""
     left = round(task.elapsed / task.completed * task.remaining)
     return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
-
-
-def _maybe_simulated_kill() -> None:
-    """Tests of --resume: KIT_STOP_AFTER_EPOCHS=N raises after N epochs in this process."""
-    global _EPOCHS_THIS_PROCESS
-    _EPOCHS_THIS_PROCESS += 1
-    limit = os.environ.get(STOP_ENV)
-    if limit and _EPOCHS_THIS_PROCESS >= int(limit):
-        raise SimulatedKill(f"{STOP_ENV}={limit}: stopped after {_EPOCHS_THIS_PROCESS} epochs")
-
-
-_EPOCHS_THIS_PROCESS = 0

@@ -149,6 +149,7 @@ class Ctx:
     y_np: np.ndarray | None = None
     progress: Any = None
     run_task: Any = None
+    on_epoch: Any = None  # run()'s callback(model name, metrics row) after each epoch, or None
     timings: dict = field(default_factory=dict)
     task: str = "multiclass"  # competition.json "task" (targets.py, metrics.py)
     metric: str = "accuracy"  # competition.json "metric": the CV score, checkpoint: best
