@@ -30,6 +30,12 @@ class Data(_Strict):
     # decode: resize once into the uint8 cache (bilinear, PIL); device: cache as shipped and
     # upsample each batch on the device (bilinear) -- cheaper memory for big transfer-learning inputs
     resize: Literal["decode", "device"] = "decode"
+    # non-square / mixed sizes -> the image_size square: stretch (aspect not kept) or crop (scale
+    # the short side, centre-crop). Each (size, fit) has its own decode cache.
+    fit: Literal["stretch", "crop"] = "stretch"
+    # where training reads images: device = the whole uint8 cache on the GPU (or in RAM on CPU),
+    # stream = batches read from the cache file (pinned, non_blocking); auto picks by size, printed
+    load: Literal["auto", "device", "stream"] = "auto"
     normalize: Literal["dataset", "model"] = "dataset"  # per-channel stats of train images / timm's
     limit: int | None = Field(None, ge=1)  # debugging: use only ~N train and N test images
 

@@ -1,4 +1,4 @@
-"""The files `kit train` reads and writes in runs/<run>/ (DESIGN.md section 1), for train.py.
+"""The files `kit train` reads and writes in runs/<run>/ (docs/design.md section 1), for train.py.
 
 Run folder checks (recipe.yaml of another recipe is refused), per-fold files (state.pt written
 atomically after each epoch, metrics.jsonl, model.pt, oof.csv / test.csv, done.json) and the run
@@ -161,7 +161,7 @@ def restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | Non
 
 
 def append_metrics(fdir: Path, row: dict, epoch: int) -> None:
-    """Append one epoch's row to fold<k>/metrics.jsonl (schema: COMMON / DESIGN)."""
+    """Append one epoch's row to fold<k>/metrics.jsonl (schema: docs/design.md section 1)."""
     import json
 
     fdir.mkdir(parents=True, exist_ok=True)
