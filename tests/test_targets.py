@@ -66,9 +66,9 @@ def test_binary_end_to_end_auc_cv_and_positive_probability(train, tmp_path):
     assert np.allclose(sub["target"], run.read_test(comp.classes).loc[comp.test_ids(), "dog"])
     validate_submission(sub, comp, "sub.csv")
     assert f"OOF roc_auc {s['cv']['roc_auc']:.4f}" in report(run.root, data_dir=tmp_path / "data")
-    from kaggle_kit.cli import _run_line
+    from kaggle_kit.show import run_lines
 
-    line = _run_line(s, tmp_path / "runs").splitlines()[0]
+    line = run_lines(s, tmp_path / "runs").splitlines()[0]
     assert f"CV roc_auc {s['cv']['roc_auc']:.4f}" in line and "accuracy" in line and "log loss" in line
     with pytest.raises(KitError, match=r"not probabilities \(numbers in \[0, 1\]\)"):
         validate_submission(sub.assign(target=1.5), comp, "sub.csv")
