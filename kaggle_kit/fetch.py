@@ -170,9 +170,9 @@ def _unpack_inner(z: Path) -> None:
 
 def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
             hints: dict) -> dict:
-    comp.root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
+    comp.root.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no data/
     in_place = in_place_root(archive)
     tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
                                 prefix=f".{comp.name}.partial-{os.getpid()}-"))

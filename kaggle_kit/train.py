@@ -165,7 +165,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
+        ctx.progress.console.print(_epoch_line(name, row, tr.epochs, _eta(ctx)), soft_wrap=True)
         if ctx.on_epoch is not None:
             ctx.on_epoch(name, row)
         spent = time.perf_counter() - t_model
@@ -389,10 +389,20 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _epoch_line(name: str, r: dict, epochs: int) -> str:
-    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    if r.get("val_metric") is not None:
-        val += f" {r['val_metric']:.4f}"
-    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
-            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
-            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
+def _epoch_line(name: str, r: dict, epochs: int, eta: str = "") -> str:
+    val = (f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if r["val_loss"] is not None
+           else "val -")
+    if r.get("val_metric") is not None:  # the competition's metric, when it is not accuracy
+        val += f" metric {r['val_metric']:.4f}"
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} | train loss "
+            f"{r['train_loss']:.4f} acc {r['train_acc']:.4f} | {val} | lr {r['lr']:.3g} "
+            f"{r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s{eta}")
+
+
+def _eta(ctx: Ctx) -> str:
+    """' | run ETA 0:12:34': the whole run's time left at its mean pace so far ('' before any)."""
+    task = next((t for t in ctx.progress.tasks if t.id == ctx.run_task), None)
+    if task is None or not task.completed or not task.elapsed or task.remaining is None:
+        return ""
+    left = round(task.elapsed / task.completed * task.remaining)
+    return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
