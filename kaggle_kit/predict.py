@@ -3,7 +3,7 @@
 The run is read as a tree: a train run is a leaf (its recipe + the models its test.csv averages,
 summary.json `test_members`), a blend run a node over its member runs with the blender it kept
 (weights, or the stack's coefficients). Images are decoded in chunks (never all at once) with the
-run's decode size (train_setup.decode_size) and predicted by `train.predict_batch`, the same
+run's cache size and fit (train_setup.cache_size) and predicted by `train.predict_batch`, the same
 function that made the run's OOF and test.csv: same normalisation stats (saved with each model),
 resize, TTA views and mixed precision. Leaves are averaged over their models, blends recombine
 their members with the kept blender (blend.py's own classes), and the probabilities become a
@@ -219,12 +219,13 @@ def _autocast(rec: recipes.Recipe, device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def _decode(paths: list[Path], size, leaf: dict, cfg: dict, pool) -> list[np.ndarray]:
+def _decode(paths: list[Path], size_fit: tuple, leaf: dict, cfg: dict, pool) -> list[np.ndarray]:
     """Decode a chunk as the run's cache was: resized when decoded (data.resize: decode), else as
     shipped, which must then be the size the run saw (device mode resizes on the device)."""
     from kaggle_kit import images
 
-    out = list(pool.map(lambda p: images.decode_image(p, size), paths))
+    size, fit = size_fit
+    out = list(pool.map(lambda p: images.decode_image(p, size, fit), paths))
     data = leaf["recipe"].data
     if size is None and data.image_size is None:  # as shipped: the run only ever saw one size
         s = cfg["img_size"]
@@ -257,10 +258,12 @@ def _leaf_chunk(leaf: dict, nets: list, arrays: list[np.ndarray], device) -> np.
     return out
 
 
-def predict_tree(tree: dict, paths: list[Path], batch_size: int = 256,
+def predict_tree(tree: dict, paths: list[Path], comp: CompetitionDir, batch_size: int = 256,
                  progress: bool = True) -> np.ndarray:
     """(len(paths), C) probabilities of the tree (classes in tree["classes"] order), decoding
-    `batch_size` images at a time per decode size."""
+    `batch_size` images at a time per decode size. `comp`: the run's competition (its
+    competition.json's image sizes decide, as in training, whether images are resized when
+    decoded)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -275,7 +278,7 @@ def predict_tree(tree: dict, paths: list[Path], batch_size: int = 256,
         for i in range(0, len(paths), batch_size):
             chunk, decoded = paths[i: i + batch_size], {}
             for lf in leafs:
-                size = train_setup.decode_size(lf["recipe"].data)
+                size = train_setup.cache_size(lf["recipe"], comp, lambda *_: None)  # (size, fit)
                 if size not in decoded:  # leaves sharing a decode size decode once
                     decoded[size] = _decode(chunk, size, lf, nets[_key(lf)][0][1], pool)
                 probs[_key(lf)][i: i + len(chunk)] = _leaf_chunk(lf, nets[_key(lf)],
@@ -367,8 +370,9 @@ def predict(source: Path, images: Path, *, out: Path = Path("submission.csv"),
     if comp is not None and comp.classes != src["meta"]["classes"]:
         raise KitError(f"{comp.root}: another competition ({comp.name}) than the run's "
                        f"({src['meta'].get('name')}): other classes")
-    probs = pd.DataFrame(predict_tree(tree, paths, batch_size, progress), columns=tree["classes"],
-                         index=pd.Index(ids, name="Id"))
+    run_comp = src["comp"] or CompetitionDir(src["export"])  # export: its competition.json
+    probs = pd.DataFrame(predict_tree(tree, paths, run_comp, batch_size, progress),
+                         columns=tree["classes"], index=pd.Index(ids, name="Id"))
     sub = submission(probs, src, comp, str(out))
     write_csv(out, sub)
     if probs_out is not None:
