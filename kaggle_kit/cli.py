@@ -61,7 +61,11 @@ def _print(obj) -> None:
 
 def _run_line(summary: dict, runs_dir: Path) -> str:
     """One readable paragraph for a finished run instead of its whole summary.json."""
-    cv = summary.get("cv", {})
+    cv = summary.get("cv") or {}
+    if not cv and summary.get("cv_note"):  # refit-only run
+        return (f"run {runs_dir / summary.get('run', '?')}: {summary['cv_note']}\n"
+                f"  test predictions from: {summary.get('test_from')}; next: kit submit "
+                f"{runs_dir / summary.get('run', '?')}")
     folds = "  ".join(f"fold{f['fold']} {f['accuracy']:.4f}" for f in summary.get("per_fold", []))
     worst = sorted(summary.get("per_class", {}).items(), key=lambda kv: kv[1])[:4]
     total = summary.get("timings", {}).get("total_s")
