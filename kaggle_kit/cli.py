@@ -67,7 +67,8 @@ def _run_line(summary: dict, runs_dir: Path) -> str:
                 f"  test predictions from: {summary.get('test_from')}; next: kit submit "
                 f"{runs_dir / summary.get('run', '?')}")
     folds = "  ".join(f"fold{f['fold']} {f['accuracy']:.4f}" for f in summary.get("per_fold", []))
-    worst = sorted(summary.get("per_class", {}).items(), key=lambda kv: kv[1])[:4]
+    scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
+    worst = sorted(scored.items(), key=lambda kv: kv[1])[:4]
     total = summary.get("timings", {}).get("total_s")
     lines = [
         f"run {runs_dir / summary.get('run', '?')}: CV accuracy {cv.get('accuracy', float('nan')):.4f}"

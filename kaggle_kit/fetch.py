@@ -1,10 +1,13 @@
 """`kit fetch`: a Kaggle competition (download, `--from` zip/folder, or the offline demo) into a
 verified `data/<comp>/` (DESIGN.md section 1).
 
-Steps: obtain the zip -> safe unzip into a temp folder next to the target (nested top folder and
-zips-inside-the-zip unpacked) -> detect the layout -> validate (both in layout.py) -> sha256 every
-file -> stratified folds.csv -> decode-once cache -> competition.json -> rename the temp folder
-onto `data/<comp>`.
+Steps: obtain the zip -> safe unzip into `files/` of a temp folder next to the target (nested top
+folder and zips-inside-the-zip unpacked) -> detect the layout -> validate (both in layout.py) ->
+sha256 every file -> stratified folds.csv -> decode-once cache -> competition.json -> rename the
+temp folder onto `data/<comp>`. Kaggle's files stay under `files/`, kit's (competition.json,
+folds.csv, cache/) beside it, so a competition that ships its own folds.csv still verifies.
+`--from <folder>` (without zips inside) is read in place: nothing is copied, competition.json
+records the folder as "source" and each file's size + mtime instead of its sha256.
 Any error removes the temp folder, so nothing half-written is left behind.
 A second fetch verifies the recorded hashes and does nothing (no download, no decoding).
 """
@@ -27,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
-from kaggle_kit.layout import JUNK, KIT_FILES, decode_all, detect_layout, image_sizes, validate
+from kaggle_kit.layout import JUNK, decode_all, detect_layout, image_sizes, validate
 from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
 
 
@@ -115,8 +118,7 @@ def _unpack(src: Path, dest: Path) -> None:
     inside (e.g. train.zip) are unpacked in place, up to 3 levels deep."""
     if src.is_dir():
         shutil.copytree(src, dest, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if n in JUNK
-                                                 or (Path(d) == src and n in KIT_FILES)])
+                        ignore=lambda d, names: [n for n in names if n in JUNK])
     elif zipfile.is_zipfile(src):
         safe_unzip(src, dest)
     elif src.suffix.lower() == ".zip":
@@ -171,17 +173,21 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
     comp.root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
+    in_place = in_place_root(archive)
     tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
                                 prefix=f".{comp.name}.partial-{os.getpid()}-"))
     tmp.chmod(0o755)  # mkdtemp makes it owner-only; the final folder should look like any other
     try:
-        _unpack(archive, tmp)
-        origin = {"source": str(archive) if not ours else comp.name,
+        if in_place is None:
+            _unpack(archive, tmp / "files")
+        origin = {"source": str(archive.resolve()) if not ours else comp.name,
                   "sha256": sha256_file(archive) if archive.is_file() else None}
-        summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints, origin)
+        summary = _build(CompetitionDir(tmp), comp.name, n_folds, seed, hints, origin,
+                         str(in_place) if in_place else "files")
         _replace_dir(tmp, comp.root)
     except KitError as e:  # name the file inside the archive, not the temp folder
-        msg = str(e).replace(f"{tmp}{os.sep}", "").replace(str(tmp), ".")
+        msg = str(e).replace(f"{tmp}{os.sep}files{os.sep}", "").replace(f"{tmp}{os.sep}", "")
+        msg = msg.replace(str(tmp), ".")
         raise KitError(msg if msg.startswith(str(archive)) else f"{archive}: {msg}") from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
@@ -194,7 +200,26 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
         archive.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             archive.parent.rmdir()  # .downloads/, if now empty
-    return {"status": "fetched", "path": str(comp.root), **summary}
+    return {"status": "fetched", "path": str(comp.root), "source": str(in_place or "files"),
+            **summary}
+
+
+def in_place_root(src: Path) -> Path | None:
+    """The folder to read in place for `--from <folder>` (Kaggle notebooks: /kaggle/input/<comp>
+    is read-only, and copying multi-GB inputs wastes the working disk): the folder itself, or the
+    one folder it nests everything in. None when the source must be unpacked into `files/`: a zip,
+    or a folder that holds zips (train.zip ...)."""
+    if not src.is_dir():
+        return None
+    root = src.resolve()
+    while True:
+        entries = [p for p in root.iterdir() if p.name not in JUNK]
+        if len(entries) != 1 or not entries[0].is_dir():
+            break
+        root = entries[0]
+    if any(p.is_file() for p in root.rglob("*.zip")):
+        return None
+    return root
 
 
 def _remove_stale(comp: CompetitionDir) -> None:
@@ -227,21 +252,25 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 
 def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict,
-           origin: dict) -> dict:
-    """Detect, validate, hash, fold and cache the unpacked competition in `comp.root`."""
-    layout = detect_layout(comp.root, **hints)
-    labels, test_ids, warnings = validate(comp.root, layout, n_folds)
-    sizes = image_sizes(comp.root, layout, labels["Id"].tolist(), test_ids)
+           origin: dict, source: str) -> dict:
+    """Detect, validate, hash, fold and cache the competition whose shipped files are in
+    `source` ("files" = `comp.root/files`, or an absolute folder read in place)."""
+    src = comp.root / source if source == "files" else Path(source)
+    layout = detect_layout(src, **hints)
+    labels, test_ids, warnings = validate(src, layout, n_folds)
+    sizes = image_sizes(src, layout, labels["Id"].tolist(), test_ids)
     if len(sizes) > 1:
         warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
                         f"{sizes}; no native cache is built: set data.image_size in the recipe "
                         "so they are resized to one size")
-        decode_all(comp.root, layout, labels["Id"].tolist(), test_ids)  # no cache to catch it
-    files = {p.relative_to(comp.root).as_posix(): sha256_file(p)
-             for p in sorted(comp.root.rglob("*")) if p.is_file()}
-    meta = {"name": name, **layout, "classes": sorted(labels["label"].unique()),
+        decode_all(src, layout, labels["Id"].tolist(), test_ids)  # no cache to catch it
+    check = "sha256" if source == "files" else "stat"
+    files = {p.relative_to(src).as_posix(): file_stamp(p, check)
+             for p in sorted(src.rglob("*")) if p.is_file()}
+    meta = {"name": name, "source": source, **layout,
+            "classes": sorted(labels["label"].unique()),
             "n_train": len(labels), "n_test": len(test_ids), "image_sizes": sizes,
-            "folds": {}, "files": files, "cache": {}, "origin": origin}
+            "folds": {}, "files": files, "file_check": check, "cache": {}, "origin": origin}
     comp.write_meta(meta)
     meta["folds"] = write_folds(comp, n_folds, seed)
     for w in warnings:
@@ -250,6 +279,16 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
         meta["cache"] = _build_caches(comp)
     comp.write_meta(meta)
     return _summary(meta, warnings, sum(c["decode_s"] for c in meta["cache"].values()))
+
+
+def file_stamp(path: Path, check: str) -> str:
+    """What competition.json records of a shipped file: its sha256 (files kit unpacked), or
+    "size:mtime_ns" for a folder read in place (hashing multi-GB read-only inputs on every fetch
+    would cost minutes; Kaggle's input folders do not change under a notebook)."""
+    if check == "sha256":
+        return sha256_file(path)
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _build_caches(comp: CompetitionDir) -> dict:
@@ -306,13 +345,20 @@ def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> dict:
 
 
 def _same_source(comp: CompetitionDir, source: Path | None) -> None:
-    """`--from` another zip than the one fetched must not be silently ignored."""
-    if source is None or not Path(source).is_file():
+    """`--from` another zip or folder than the one fetched must not be silently ignored."""
+    if source is None or not Path(source).exists():
         return
-    recorded = comp.meta().get("origin", {}).get("sha256")
-    if recorded and sha256_file(source) != recorded:
-        raise KitError(f"--from {source}: differs from the archive {comp.name} was fetched from; "
-                       "pass --force to import it instead")
+    meta = comp.meta()
+    comp.source_root  # noqa: B018 - an old-layout folder: the one-line refetch error
+    origin = meta.get("origin", {})
+    if Path(source).is_file():
+        recorded = origin.get("sha256")
+        differs = recorded and sha256_file(source) != recorded
+    else:
+        differs = origin.get("source") and Path(source).resolve() != Path(origin["source"])
+    if differs:
+        raise KitError(f"--from {source}: differs from the {'archive' if Path(source).is_file() else 'folder'} "
+                       f"{comp.name} was fetched from; pass --force to import it instead")
 
 
 def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool,
@@ -320,14 +366,16 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
     """Already fetched: check hashes, folds and cache; write nothing unless asked to refold
     or a cache file went missing."""
     meta = comp.meta()
+    src = comp.source_root  # an old-layout folder: the one-line refetch error
     for key, val in hints.items():
         if val is not None and meta.get(key) != val:
             raise KitError(f"{comp.meta_path}: recorded {key}={meta.get(key)!r}, not {val!r}; "
                            "pass --force to refetch and re-detect with the new option")
+    check = meta.get("file_check", "sha256")
     bad = [rel for rel, h in meta["files"].items()
-           if not (comp.root / rel).is_file() or sha256_file(comp.root / rel) != h]
+           if not (src / rel).is_file() or file_stamp(src / rel, check) != h]
     if bad:
-        raise KitError(f"{comp.root / bad[0]}: missing or changed since fetch ({len(bad)} files); "
+        raise KitError(f"{src / bad[0]}: missing or changed since fetch ({len(bad)} files); "
                        "rerun with --force to refetch")
     status = "no-op: already fetched and verified"
     if _check_folds(comp, meta["folds"], n_folds, seed, refold):

@@ -18,7 +18,6 @@ from kaggle_kit import KitError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 JUNK = {"__MACOSX", ".DS_Store", "Thumbs.db"}
-KIT_FILES = {"competition.json", "folds.csv", "cache"}  # written by fetch, not shipped by Kaggle
 
 
 # ----------------------------------------------------------------------------- layout
@@ -112,7 +111,7 @@ def _image_dirs(root: Path) -> dict[str, list[str]]:
     for d, _, names in os.walk(root):
         imgs = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
         rel = Path(d).relative_to(root).as_posix()
-        if imgs and not (JUNK | KIT_FILES) & set(Path(rel).parts):
+        if imgs and not JUNK & set(Path(rel).parts):
             out[rel] = imgs
     return out
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, runfiles, train_setup
+from kaggle_kit import KitError, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
@@ -68,6 +68,7 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
     recipe_text = recipes.dump(rec)
     resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force, comp)
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
+    targets.check_recipe(rec, comp.meta(), targeted)  # task + metric checked before any work
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
         rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
 
@@ -129,7 +130,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     model, opt = acc.prepare(torch.compile(net) if tr.compile else net, opt)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
     eval_net = ema if ema is not None else net
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    crit = targets.criterion(ctx.task, tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
     t_model, stats = time.perf_counter(), {"train_s": 0.0, "images": 0, "stopped_early": False}
@@ -140,15 +141,17 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
                                                    train_rows, seed, epoch)
         stats["train_s"] += train_s
         stats["images"] += n_img
-        val_loss = val_acc = None
+        val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
             p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
-            val_loss, val_acc = _loss_acc(p, ctx.y[torch.as_tensor(val_rows)].cpu().numpy())
-            if best is None or val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "epoch": epoch + 1,
+            runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
+            val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
+            score = targets.checkpoint_score(val, ctx.metric)  # lower is better
+            if best is None or score < best.get("score", best["val_loss"]):
+                best = {"val_loss": val["val_loss"], "score": score, "epoch": epoch + 1,
                         "model": runfiles.cpu_state(eval_net)}
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, **val,
+               "lr": opt.param_groups[0]["lr"],
                "epoch_s": round(time.perf_counter() - t0, 3),
                "images_per_s": round(n_img / max(train_s, 1e-9), 1)}
         if acc.is_main_process:
@@ -203,13 +206,14 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             xb, yb = ctx.x[idx], ctx.y[idx]
         else:
             xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
-            yb = batch.y.to(acc.device, non_blocking=True)
+            yb = batch.y.to(acc.device, non_blocking=True) if ctx.task != "multilabel" \
+                else ctx.y[batch.idx.to(ctx.y.device)].to(acc.device)  # (B, C) 0/1 rows
         x = augment.batch_augment(_to_input(ctx, xb), flip=aug.flip, pad_crop=aug.pad_crop,
                                   generator=gen)
         target = yb
         if mixing:
-            onehot = torch.nn.functional.one_hot(yb, len(ctx.classes)).float()
-            x, target = augment.mix_batch(x, onehot, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
+            soft = targets.soft_targets(yb, len(ctx.classes), ctx.task)
+            x, target = augment.mix_batch(x, soft, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
                                           prob=tr.mix_prob, generator=gen)
         sync = (step + 1) % tr.grad_accum == 0 or step == len(batches) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
@@ -225,7 +229,7 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
                 _ema_update(ema, net, tr.ema)
         losses.append(loss.detach())
         sizes.append(len(yb))
-        correct += (out.argmax(1) == yb).sum()
+        correct += targets.n_correct(out.detach(), yb, ctx.task)
         ctx.progress.update(task, advance=1)
     seconds = time.perf_counter() - t0
     ctx.progress.remove_task(task)
@@ -261,7 +265,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
             idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
             x = _to_input(ctx, x_all[idx])
             with acc.autocast():
-                ps = [torch.softmax(net(v).float(), dim=1) for v in augment.tta_views(x, views)]
+                ps = [targets.probabilities(net(v).float(), ctx.task)
+                      for v in augment.tta_views(x, views)]
             probs.append(torch.stack(ps).mean(0))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
@@ -330,7 +335,8 @@ def _loader(ctx: Ctx, batches: list, seed: int):
     if ctx.targeted and ctx.targeted["transforms"]:  # extra pipeline for the targeted classes only
         specs = {ctx.classes.index(c): ctx.targeted["transforms"] for c in ctx.targeted["classes"]}
         per_class = augment.build_class_transforms(specs, seed=seed)
-    ds = images.ImageDataset(ctx.x_np, ctx.y_np, transform, per_class)
+    labels = ctx.y_np if ctx.task != "multilabel" else None  # multilabel rows: ctx.y[batch.idx]
+    ds = images.ImageDataset(ctx.x_np, labels, transform, per_class)
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
                                        num_workers=nw, collate_fn=images.collate_uint8,
@@ -372,14 +378,10 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(log loss, accuracy) of (n, C) probabilities against class indices (n,)."""
-    pt = np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)
-    return float(-np.log(pt).mean()), float((p.argmax(1) == y).mean())
-
-
 def _epoch_line(name: str, r: dict, epochs: int) -> str:
     val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
+    if r.get("val_metric") is not None:
+        val += f" {r['val_metric']:.4f}"
     return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
             f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
             f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")

@@ -109,12 +109,17 @@ _META_CACHE: dict[Path, tuple[tuple[int, int], dict]] = {}  # competition.json p
 
 @dataclass(frozen=True)
 class CompetitionDir:
-    """`data/<comp>/` as written by `kit fetch`.
+    """`data/<comp>/` as written by `kit fetch`: kit's own files (competition.json, folds.csv,
+    cache/) live here; the files Kaggle ships live under `source_root` (`files/` here, or the
+    read-only folder `kit fetch --from <folder>` read in place), never mixed with kit's.
 
     competition.json keys (written by fetch.py through `write_meta`):
-      name, id_col, label_col, labels_csv, train_dir, test_dir, ext, sample_submission,
-      submission_columns, classes (sorted names), n_train, n_test, image_sizes ({"32x32": n}),
-      folds ({"k", "seed", "sha256"}), files ({relpath: sha256}), cache ({key: info}).
+      name, source ("files" = `root/files`, or an absolute folder read in place), id_col,
+      label_col, labels_csv, train_dir, test_dir, ext, sample_submission (paths relative to
+      `source_root`), submission_columns, classes (sorted names), n_train, n_test, image_sizes
+      ({"32x32": n}), folds ({"k", "seed", "sha256"}), files ({relpath under source_root:
+      sha256, or "size:mtime_ns" when file_check is "stat"}), file_check ("sha256" | "stat"),
+      cache ({key: info}).
     """
 
     root: Path
@@ -145,6 +150,16 @@ class CompetitionDir:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def source_root(self) -> Path:
+        """The folder holding the files Kaggle ships: `root/files`, or the folder that
+        `kit fetch --from` read in place. Every path to a shipped file goes through here."""
+        source = self.meta().get("source")
+        if source is None:
+            raise KitError(f"{self.root}: fetched by an older kit (Kaggle's files mixed with kit's); "
+                           f"run `kit fetch {self.name} --force` to refetch it")
+        return self.root / source if source == "files" else Path(source)
+
     def meta(self) -> dict:
         """competition.json, parsed once per version of the file (keyed by mtime and size), so
         per-image helpers such as `image_path` cost no JSON read. Returns a shallow copy: callers
@@ -170,7 +185,7 @@ class CompetitionDir:
     def labels(self) -> pd.DataFrame:
         """Train labels as a DataFrame with columns Id (str), label (str), in CSV order."""
         m = self.meta()
-        df = pd.read_csv(self.root / m["labels_csv"], dtype=str, keep_default_na=False)
+        df = pd.read_csv(self.source_root / m["labels_csv"], dtype=str, keep_default_na=False)
         return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
 
     def folds(self) -> pd.DataFrame:
@@ -211,7 +226,7 @@ class CompetitionDir:
     def sample_submission(self) -> pd.DataFrame:
         """sample_submission.csv with the id column as str."""
         m = self.meta()
-        return pd.read_csv(self.root / m["sample_submission"], dtype={m["id_col"]: str},
+        return pd.read_csv(self.source_root / m["sample_submission"], dtype={m["id_col"]: str},
                            keep_default_na=False)
 
     def test_ids(self) -> list[str]:
@@ -221,7 +236,7 @@ class CompetitionDir:
     def image_path(self, split: str, image_id: str) -> Path:
         """Path of one image: `split` is 'train' or 'test'."""
         m = self.meta()
-        return self.root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+        return self.source_root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
 
 
 # ----------------------------------------------------------------------------- runs

@@ -15,7 +15,7 @@ def test_kit_demo_end_to_end(tmp_path, monkeypatch):
     subs = sorted((tmp_path / "submissions").glob("*-demo-blend.csv"))
     assert len(subs) == 1, result.output
     sub = pd.read_csv(subs[0], dtype=str)
-    sample = pd.read_csv(tmp_path / "data" / "demo" / "sample_submission.csv", dtype=str)
+    sample = pd.read_csv(tmp_path / "data" / "demo" / "files" / "sample_submission.csv", dtype=str)
     assert list(sub.columns) == list(sample.columns)
     assert sub["Id"].tolist() == sample["Id"].tolist()
     assert "valid submission" in result.output and "nothing uploaded" in result.output

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from kaggle_kit import KitError
-from kaggle_kit.report import oof_scores, report, write_run_plots
+from kaggle_kit.metrics import oof_scores
+from kaggle_kit.plots import write_run_plots
+from kaggle_kit.report import report
 from tests.fx_blend import make_comp, make_run, member_probs
 
 
