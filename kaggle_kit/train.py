@@ -4,9 +4,11 @@ Read top to bottom: `run` validates everything cheap first (recipe, competition,
 targeted classes), then loads the uint8 decode cache once, then calls `train_fold` for each fold
 (and refit seed), then writes oof.csv / test.csv / summary.json / provenance.json / plots.
 
-Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one); normalisation,
-flips and pad-crops run on the batch tensor. Albumentations run per image (DataLoader workers)
-only when the recipe lists `augment.transforms` or targeted transforms.
+Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one), or, when the
+cache does not fit the device, rows read from the cache file a few batches ahead into pinned
+memory (images.stream_batches; data.load); normalisation, flips and pad-crops run on the batch
+tensor. Albumentations run per image (DataLoader workers) only when the recipe lists
+`augment.transforms` or targeted transforms.
 
 Multi-process (`accelerate launch` / `torchrun`): every rank builds the same epoch index list from
 the same seed and trains on its slice of each global batch; evaluation runs on every rank and is
@@ -24,8 +26,8 @@ runfiles.py.
 from __future__ import annotations
 
 import math
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,32 +37,34 @@ from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
 
-STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
-
-
-class SimulatedKill(RuntimeError):
-    """Raised when KIT_STOP_AFTER_EPOCHS is reached (tests of --resume)."""
-
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
         runs_dir: str | Path = "runs", data_dir: str | Path = "data", resume: bool = False,
-        force: bool = False) -> dict:
+        force: bool = False, on_epoch: Callable[[str, dict], None] | None = None) -> dict:
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
     refused unless `force`; `resume` skips finished folds and continues an interrupted one.
-    A disk that fills up is a one-line KitError (finished folds stay; --resume continues)."""
+    A disk that fills up is a one-line KitError (finished folds stay; --resume continues).
+    `on_epoch(model name, metrics row)` is called after each epoch's checkpoint is written (tests
+    raise from it to simulate a kill). torch's thread count is restored afterwards."""
+    import torch
+
     run_name = check_run_name(name or Path(recipe_path).stem)
+    threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
     try:
-        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force)
+        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
+                    on_epoch)
     except OSError as e:
         err = disk_full(e, Path(runs_dir) / run_name, "training")
         if err is None:
             raise
         raise err from None
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) -> dict:
+def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
@@ -70,7 +74,9 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
     targets.check_recipe(rec, comp.meta(), targeted)  # task + metric checked before any work
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
-        rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
+        model = rec.model.model_copy(
+            update={"pretrained_file": train_setup.resolve_pretrained(rec, comp, Path(runs_dir))})
+        rec = rec.model_copy(update={"model": model})  # recipes are frozen: a resolved copy
 
     import torch
     from accelerate import Accelerator
@@ -81,6 +87,7 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
                       cpu=not torch.cuda.is_available())
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
+    ctx.on_epoch = on_epoch
     models = train_setup.model_plan(rec, ctx)
     # every check passed: only now delete an earlier run's files and write the run folder
     if acc.is_main_process:
@@ -159,8 +166,9 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
-        _maybe_simulated_kill()
+        ctx.progress.console.print(_epoch_line(name, row, tr.epochs, _eta(ctx)), soft_wrap=True)
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(name, row)
         spent = time.perf_counter() - t_model
         if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
@@ -189,12 +197,14 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
 
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import augment, images
 
     acc, tr, aug = ctx.acc, ctx.rec.train, ctx.rec.augment
     batches = _epoch_batches(ctx, rows, seed, name, epoch)
     loader = _loader(ctx, batches, _seed(seed, name, epoch) % 2**31) if _needs_per_image(ctx) else None
-    gen = torch.Generator(device=ctx.x.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
+    streamed = None if loader is not None or torch.is_tensor(ctx.x) else \
+        images.stream_batches(ctx.x, batches, acc.device)  # read ahead from the cache file
+    gen = torch.Generator(device=acc.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
     mixing = (tr.mixup > 0 or tr.cutmix > 0) and tr.mix_prob > 0
     task = ctx.progress.add_task(f"epoch {epoch + 1}", total=len(batches))
     losses, sizes, correct = [], [], torch.zeros((), device=acc.device)
@@ -202,8 +212,8 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     t0 = time.perf_counter()
     for step, batch in enumerate(loader if loader is not None else batches):
         if loader is None:
-            idx = torch.as_tensor(batch, device=ctx.x.device)
-            xb, yb = ctx.x[idx], ctx.y[idx]
+            idx = torch.as_tensor(batch, device=acc.device)
+            xb, yb = ctx.x[idx] if streamed is None else next(streamed), ctx.y[idx]
         else:
             xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
             yb = batch.y.to(acc.device, non_blocking=True) if ctx.task != "multilabel" \
@@ -251,7 +261,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import augment, images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -260,10 +270,12 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     was_training = net.training
     net.eval()
     probs = []
+    batches = [rows[mine[i: i + bs]] for i in range(0, per, bs)]
+    xs = (x_all[torch.as_tensor(b, device=x_all.device)] for b in batches) \
+        if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
-        for i in range(0, per, bs):
-            idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
-            x = _to_input(ctx, x_all[idx])
+        for xb in xs:
+            x = _to_input(ctx, xb)
             with acc.autocast():
                 ps = [targets.probabilities(net(v).float(), ctx.task)
                       for v in augment.tta_views(x, views)]
@@ -340,7 +352,8 @@ def _loader(ctx: Ctx, batches: list, seed: int):
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
                                        num_workers=nw, collate_fn=images.collate_uint8,
-                                       pin_memory=ctx.x.is_cuda, persistent_workers=False)
+                                       pin_memory=ctx.acc.device.type == "cuda",
+                                       persistent_workers=False)
 
 
 def _ema_update(ema, net, decay: float) -> None:
@@ -378,22 +391,20 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _epoch_line(name: str, r: dict, epochs: int) -> str:
-    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    if r.get("val_metric") is not None:
-        val += f" {r['val_metric']:.4f}"
-    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
-            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
-            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
+def _epoch_line(name: str, r: dict, epochs: int, eta: str = "") -> str:
+    val = (f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if r["val_loss"] is not None
+           else "val -")
+    if r.get("val_metric") is not None:  # the competition's metric, when it is not accuracy
+        val += f" metric {r['val_metric']:.4f}"
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} | train loss "
+            f"{r['train_loss']:.4f} acc {r['train_acc']:.4f} | {val} | lr {r['lr']:.3g} "
+            f"{r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s{eta}")
 
 
-def _maybe_simulated_kill() -> None:
-    """Tests of --resume: KIT_STOP_AFTER_EPOCHS=N raises after N epochs in this process."""
-    global _EPOCHS_THIS_PROCESS
-    _EPOCHS_THIS_PROCESS += 1
-    limit = os.environ.get(STOP_ENV)
-    if limit and _EPOCHS_THIS_PROCESS >= int(limit):
-        raise SimulatedKill(f"{STOP_ENV}={limit}: stopped after {_EPOCHS_THIS_PROCESS} epochs")
-
-
-_EPOCHS_THIS_PROCESS = 0
+def _eta(ctx: Ctx) -> str:
+    """' | run ETA 0:12:34': the whole run's time left at its mean pace so far ('' before any)."""
+    task = next((t for t in ctx.progress.tasks if t.id == ctx.run_task), None)
+    if task is None or not task.completed or not task.elapsed or task.remaining is None:
+        return ""
+    left = round(task.elapsed / task.completed * task.remaining)
+    return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"

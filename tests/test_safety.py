@@ -142,18 +142,21 @@ def _train(data_dir: Path, runs_dir: Path, *overrides: str, name: str = "r", **k
                data_dir=data_dir, **kw)
 
 
-def test_resume_after_refold_refused(own_demo, tmp_path, monkeypatch):
+def test_resume_after_refold_refused(own_demo, tmp_path):
     """A fold's state.pt from the old split was continued on the new one (its model had seen
     most of the new fold's images), and resuming a finished run raised a KeyError."""
     from kaggle_kit.fetch import fetch
-    from kaggle_kit.train import STOP_ENV, SimulatedKill
+
+    class Killed(Exception):
+        pass
+
+    def kill(name: str, row: dict) -> None:
+        raise Killed  # after the first epoch's checkpoint: as if the process had been killed
 
     runs = tmp_path / "runs"
     _train(own_demo, runs, "cv.folds=[0]", name="done")
-    monkeypatch.setenv(STOP_ENV, "1")
-    with pytest.raises(SimulatedKill):
-        _train(own_demo, runs, "cv.folds=[0]", name="killed")
-    monkeypatch.delenv(STOP_ENV)
+    with pytest.raises(Killed):
+        _train(own_demo, runs, "cv.folds=[0]", name="killed", on_epoch=kill)
     assert (runs / "killed" / "fold0" / "state.pt").exists()
     fetch("demo", data_dir=own_demo, refold=True, seed=7)
     for name in ("killed", "done"):
