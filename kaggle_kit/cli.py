@@ -92,6 +92,9 @@ def fetch(
     label_col: Annotated[str | None, typer.Option(help="Label column of the label CSV.")] = None,
     train_dir: Annotated[str | None, typer.Option(help="Folder of training images.")] = None,
     test_dir: Annotated[str | None, typer.Option(help="Folder of test images.")] = None,
+    group_col: Annotated[str | None, typer.Option(help="Label-CSV column of groups (e.g. state-farm's subject): group-aware folds.")] = None,
+    metric: Annotated[str | None, typer.Option(help="Competition metric, if not the detected one (accuracy, log_loss, roc_auc, map@5, ...).")] = None,
+    positive: Annotated[str | None, typer.Option(help="The class a one-column probability submission is P() of.")] = None,
 ) -> None:
     """Download (or import) a competition, unzip safely, detect its layout, verify it, make folds
     and the decoded-image cache: data/<competition>/."""
@@ -99,11 +102,19 @@ def fetch(
 
     r = do_fetch(competition, data_dir=data_dir, source=source, force=force, n_folds=folds,
                  seed=seed, refold=refold, id_col=id_col, label_col=label_col,
-                 train_dir=train_dir, test_dir=test_dir)
+                 train_dir=train_dir, test_dir=test_dir, group_col=group_col, metric=metric,
+                 positive=positive)
     sizes = ", ".join(f"{k}: {v}" for k, v in r.get("image_sizes", {}).items())
     typer.echo(f"  {r['classes']} classes, {r['n_train']} train, "
                f"{r['n_test']} test images ({sizes}); {r['folds']['k']} folds (seed "
                f"{r['folds']['seed']}); cache {r['cache_mb']} MB, decoded in {r['decode_s']} s")
+    if r.get("task"):
+        sub = r["submission"]
+        what = {"label": "one label per row", "labels": f"{sub.get('k', 'a set of')} labels per row",
+                "prob": "one probability column per class",
+                "prob_positive": f"P({sub.get('positive')}) per row"}[sub["kind"]]
+        typer.echo(f"  task {r['task']}, metric {r['metric']} (--metric to change), submission: "
+                   f"{what}")
     for w in r.get("warnings", []):
         typer.secho(f"  warning: {w}", fg="yellow")
 
