@@ -63,7 +63,8 @@ def _run_line(summary: dict, runs_dir: Path) -> str:
     """One readable paragraph for a finished run instead of its whole summary.json."""
     cv = summary.get("cv", {})
     folds = "  ".join(f"fold{f['fold']} {f['accuracy']:.4f}" for f in summary.get("per_fold", []))
-    worst = sorted(summary.get("per_class", {}).items(), key=lambda kv: kv[1])[:4]
+    scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
+    worst = sorted(scored.items(), key=lambda kv: kv[1])[:4]
     total = summary.get("timings", {}).get("total_s")
     lines = [
         f"run {runs_dir / summary.get('run', '?')}: CV accuracy {cv.get('accuracy', float('nan')):.4f}"
@@ -216,11 +217,13 @@ def submissions(
 @kit_errors
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where data/, runs/ and submissions/ go.")] = Path("."),
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Epochs per member (default: the recipe's); 1 checks the pipeline in ~1 min.")] = None,
 ) -> None:
     """The whole pipeline offline in minutes: fetch demo -> train 2 recipes -> blend -> submit --dry-run."""
     from kaggle_kit.demo import run_demo
 
-    _print(run_demo(workdir))
+    _print(run_demo(workdir, epochs=epochs))
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -6,7 +6,6 @@ Each step is the same function the matching `kit` command calls; nothing here is
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -32,8 +31,9 @@ def find_recipe(name: str) -> Path:
                    "run kit from a clone of the kaggle_kit repository")
 
 
-def run_demo(workdir: Path) -> str:
-    """Run fetch -> train x2 -> blend -> submit --dry-run under `workdir`; return the summary."""
+def run_demo(workdir: Path, epochs: int | None = None) -> str:
+    """Run fetch -> train x2 -> blend -> submit --dry-run under `workdir`; return the summary.
+    `epochs` overrides the recipe's train.epochs of both members (None: as the recipe says)."""
     from kaggle_kit.blend import blend
     from kaggle_kit.fetch import fetch
     from kaggle_kit.submit import submit
@@ -46,7 +46,7 @@ def run_demo(workdir: Path) -> str:
     fetch("demo", data_dir=data_dir, source=None, force=False, n_folds=4, seed=42, refold=False,
           id_col=None, label_col=None, train_dir=None, test_dir=None)
     recipe = find_recipe("demo.yaml")
-    shrink = [f"train.epochs={os.environ['KIT_DEMO_EPOCHS']}"] if "KIT_DEMO_EPOCHS" in os.environ else []
+    shrink = [f"train.epochs={epochs}"] if epochs else []
     lines = []
     for i, (name, overrides) in enumerate(MEMBERS.items(), start=2):
         overrides = overrides + shrink

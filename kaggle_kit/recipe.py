@@ -21,7 +21,8 @@ from kaggle_kit import KitError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # frozen: the recipe a run writes to recipe.yaml is the one it trains with (copies, not edits)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), frozen=True)
 
 
 class Data(_Strict):

@@ -210,7 +210,7 @@ def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
 def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
     """oof.csv (each Id of the run's folds exactly once), test.csv, summary.json,
     provenance.json, confusion.png + curves.png. Main process only."""
-    from kaggle_kit import report
+    from kaggle_kit import metrics, plots
 
     rec, classes, run_dir = ctx.rec, ctx.classes, ctx.run_dir
     parts = [_frame(p["val"], p["val_ids"], classes).assign(fold=int(m[4:]))
@@ -226,26 +226,36 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
                         index=pd.Index(ctx.test_ids, name="Id"), columns=classes)
     run_dir.write_oof(oof, classes)
     run_dir.write_test(test, classes)
-    labels = pd.Series([ctx.classes[i] for i in ctx.y_np], index=ctx.ids)
-    scores = report.oof_scores(oof, labels, classes) if len(oof) else {}
+    labels = ctx.labels  # class values by Id (multilabel: space-joined sets)
+    scores = metrics.oof_scores(oof, labels, classes, ctx.metric, ctx.task) if len(oof) else {}
     stats = {m: p["stats"] for m, p in preds.items()}
     train_s = sum(s["train_s"] for s in stats.values())
     summary = {
         "run": run_dir.name, "kind": "train", "competition": ctx.comp.name, "classes": classes,
-        "metric": "accuracy", **scores, "folds_sha256": sha256_file(ctx.comp.folds_path),
+        "task": ctx.task, "metric": ctx.metric, **scores,
+        "n_never_oof": int((ctx.fold < 0).sum()),  # fold -1: trained in every fold, never scored
+        "folds_sha256": sha256_file(ctx.comp.folds_path),
         "test_from": rec.cv.test_from, "test_members": members,
         "recipe": ctx.timings.get("recipe_path"), "targeted": ctx.targeted,
         "timings": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
                     "models": stats},
         "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
-        "warnings": _distribution_warnings(test, labels, classes),
+        "warnings": _never_oof_warning(ctx) + (
+            _distribution_warnings(test, labels, classes) if ctx.task != "multilabel" else []),
     }
     for w in summary["warnings"]:
         ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
     run_dir.write_summary(summary)
     run_dir.write_provenance(_provenance(ctx, t_start))
-    report.write_run_plots(run_dir, labels)
+    plots.write_run_plots(run_dir, labels, task=ctx.task, metric=ctx.metric)
     return summary
+
+
+def _never_oof_warning(ctx: Ctx) -> list[str]:
+    """The fold -1 images (classes with fewer images than folds), said once."""
+    n = int((ctx.fold < 0).sum())
+    return [f"{n} images of classes with fewer images than folds (fold -1 in folds.csv) trained "
+            "in every fold and are not in oof.csv (never OOF-scored)"] if n else []
 
 
 def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[str],

@@ -24,43 +24,45 @@ runfiles.py.
 from __future__ import annotations
 
 import math
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, runfiles, train_setup
+from kaggle_kit import KitError, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
 
-STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
-
-
-class SimulatedKill(RuntimeError):
-    """Raised when KIT_STOP_AFTER_EPOCHS is reached (tests of --resume)."""
-
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
         runs_dir: str | Path = "runs", data_dir: str | Path = "data", resume: bool = False,
-        force: bool = False) -> dict:
+        force: bool = False, on_epoch: Callable[[str, dict], None] | None = None) -> dict:
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
     refused unless `force`; `resume` skips finished folds and continues an interrupted one.
-    A disk that fills up is a one-line KitError (finished folds stay; --resume continues)."""
+    A disk that fills up is a one-line KitError (finished folds stay; --resume continues).
+    `on_epoch(model name, metrics row)` is called after each epoch's checkpoint is written (tests
+    raise from it to simulate a kill). torch's thread count is restored afterwards."""
+    import torch
+
     run_name = check_run_name(name or Path(recipe_path).stem)
+    threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
     try:
-        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force)
+        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
+                    on_epoch)
     except OSError as e:
         err = disk_full(e, Path(runs_dir) / run_name, "training")
         if err is None:
             raise
         raise err from None
+    finally:
+        torch.set_num_threads(threads)
 
 
-def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) -> dict:
+def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
@@ -68,8 +70,11 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
     recipe_text = recipes.dump(rec)
     resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force, comp)
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
+    targets.check_recipe(rec, comp.meta(), targeted)  # task + metric checked before any work
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
-        rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
+        model = rec.model.model_copy(
+            update={"pretrained_file": train_setup.resolve_pretrained(rec, comp, Path(runs_dir))})
+        rec = rec.model_copy(update={"model": model})  # recipes are frozen: a resolved copy
 
     import torch
     from accelerate import Accelerator
@@ -80,6 +85,7 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force) ->
                       cpu=not torch.cuda.is_available())
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
+    ctx.on_epoch = on_epoch
     models = train_setup.model_plan(rec, ctx)
     # every check passed: only now delete an earlier run's files and write the run folder
     if acc.is_main_process:
@@ -129,7 +135,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     model, opt = acc.prepare(torch.compile(net) if tr.compile else net, opt)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
     eval_net = ema if ema is not None else net
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    crit = targets.criterion(ctx.task, tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
     t_model, stats = time.perf_counter(), {"train_s": 0.0, "images": 0, "stopped_early": False}
@@ -140,15 +146,16 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
                                                    train_rows, seed, epoch)
         stats["train_s"] += train_s
         stats["images"] += n_img
-        val_loss = val_acc = None
+        val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
             p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
-            val_loss, val_acc = _loss_acc(p, ctx.y[torch.as_tensor(val_rows)].cpu().numpy())
-            if best is None or val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "epoch": epoch + 1,
+            val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
+            score = targets.checkpoint_score(val, ctx.metric)  # lower is better
+            if best is None or score < best.get("score", best["val_loss"]):
+                best = {"val_loss": val["val_loss"], "score": score, "epoch": epoch + 1,
                         "model": runfiles.cpu_state(eval_net)}
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, **val,
+               "lr": opt.param_groups[0]["lr"],
                "epoch_s": round(time.perf_counter() - t0, 3),
                "images_per_s": round(n_img / max(train_s, 1e-9), 1)}
         if acc.is_main_process:
@@ -157,7 +164,8 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
         ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
-        _maybe_simulated_kill()
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(name, row)
         spent = time.perf_counter() - t_model
         if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
@@ -202,13 +210,14 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             xb, yb = ctx.x[idx], ctx.y[idx]
         else:
             xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
-            yb = batch.y.to(acc.device, non_blocking=True)
+            yb = batch.y.to(acc.device, non_blocking=True) if ctx.task != "multilabel" \
+                else ctx.y[batch.idx.to(ctx.y.device)].to(acc.device)  # (B, C) 0/1 rows
         x = augment.batch_augment(_to_input(ctx, xb), flip=aug.flip, pad_crop=aug.pad_crop,
                                   generator=gen)
         target = yb
         if mixing:
-            onehot = torch.nn.functional.one_hot(yb, len(ctx.classes)).float()
-            x, target = augment.mix_batch(x, onehot, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
+            soft = targets.soft_targets(yb, len(ctx.classes), ctx.task)
+            x, target = augment.mix_batch(x, soft, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
                                           prob=tr.mix_prob, generator=gen)
         sync = (step + 1) % tr.grad_accum == 0 or step == len(batches) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
@@ -224,7 +233,7 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
                 _ema_update(ema, net, tr.ema)
         losses.append(loss.detach())
         sizes.append(len(yb))
-        correct += (out.argmax(1) == yb).sum()
+        correct += targets.n_correct(out.detach(), yb, ctx.task)
         ctx.progress.update(task, advance=1)
     seconds = time.perf_counter() - t0
     ctx.progress.remove_task(task)
@@ -260,7 +269,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
             idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
             x = _to_input(ctx, x_all[idx])
             with acc.autocast():
-                ps = [torch.softmax(net(v).float(), dim=1) for v in augment.tta_views(x, views)]
+                ps = [targets.probabilities(net(v).float(), ctx.task)
+                      for v in augment.tta_views(x, views)]
             probs.append(torch.stack(ps).mean(0))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
@@ -329,7 +339,8 @@ def _loader(ctx: Ctx, batches: list, seed: int):
     if ctx.targeted and ctx.targeted["transforms"]:  # extra pipeline for the targeted classes only
         specs = {ctx.classes.index(c): ctx.targeted["transforms"] for c in ctx.targeted["classes"]}
         per_class = augment.build_class_transforms(specs, seed=seed)
-    ds = images.ImageDataset(ctx.x_np, ctx.y_np, transform, per_class)
+    labels = ctx.y_np if ctx.task != "multilabel" else None  # multilabel rows: ctx.y[batch.idx]
+    ds = images.ImageDataset(ctx.x_np, labels, transform, per_class)
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
                                        num_workers=nw, collate_fn=images.collate_uint8,
@@ -371,26 +382,10 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(log loss, accuracy) of (n, C) probabilities against class indices (n,)."""
-    pt = np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)
-    return float(-np.log(pt).mean()), float((p.argmax(1) == y).mean())
-
-
 def _epoch_line(name: str, r: dict, epochs: int) -> str:
     val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
+    if r.get("val_metric") is not None:
+        val += f" {r['val_metric']:.4f}"
     return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
             f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
             f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
-
-
-def _maybe_simulated_kill() -> None:
-    """Tests of --resume: KIT_STOP_AFTER_EPOCHS=N raises after N epochs in this process."""
-    global _EPOCHS_THIS_PROCESS
-    _EPOCHS_THIS_PROCESS += 1
-    limit = os.environ.get(STOP_ENV)
-    if limit and _EPOCHS_THIS_PROCESS >= int(limit):
-        raise SimulatedKill(f"{STOP_ENV}={limit}: stopped after {_EPOCHS_THIS_PROCESS} epochs")
-
-
-_EPOCHS_THIS_PROCESS = 0

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_kit import KitError
+from kaggle_kit import KitError, metrics, targets
 from kaggle_kit import recipe as recipes
 from kaggle_kit.workspace import CompetitionDir, RunDir
 
@@ -149,7 +149,11 @@ class Ctx:
     y_np: np.ndarray | None = None
     progress: Any = None
     run_task: Any = None
+    on_epoch: Any = None  # run()'s callback(model name, metrics row) after each epoch, or None
     timings: dict = field(default_factory=dict)
+    task: str = "multiclass"  # competition.json "task" (targets.py, metrics.py)
+    metric: str = "accuracy"  # competition.json "metric": the CV score, checkpoint: best
+    labels: Any = None  # pd.Series of folds.csv labels by Id (class values; multilabel: sets)
 
 
 def load_context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir,
@@ -174,19 +178,20 @@ def load_context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir
         raise KitError(f"{comp.folds_path}: Id {missing[0]} has no cached image; "
                        f"rerun `kit fetch {comp.name} --force`")
     classes = comp.classes
-    cls_index = {c: k for k, c in enumerate(classes)}
+    task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
+    y = targets.encode(folds, classes, task, str(comp.folds_path))  # (N,) or (N, C) multilabel
     x = np.ascontiguousarray(cache_x[[row[i] for i in folds["Id"]]])
     mean, std = _norm_stats(rec, x)
     dev = acc.device
     return Ctx(acc=acc, rec=rec, comp=comp, run_dir=run_dir, classes=classes,
                ids=folds["Id"].tolist(), x=torch.from_numpy(x).to(dev),
-               y=torch.tensor(folds["label"].map(cls_index).to_numpy(), device=dev),
+               y=torch.from_numpy(y).to(dev),
                fold=folds["fold"].to_numpy(), test_ids=list(test_ids),
                test_x=torch.from_numpy(np.array(test_x)).to(dev),
                mean=torch.tensor(mean, device=dev).view(1, 3, 1, 1).float(),
                std=torch.tensor(std, device=dev).view(1, 3, 1, 1).float(),
-               img_size=s or int(x.shape[1]), targeted=targeted, x_np=x,
-               y_np=folds["label"].map(cls_index).to_numpy())
+               img_size=s or int(x.shape[1]), targeted=targeted, x_np=x, y_np=y,
+               task=task, metric=metric, labels=folds.set_index("Id")["label"])
 
 
 def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +217,7 @@ def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
     """{model name: (train rows, val rows or None, seed)} for the folds and refit seeds to train."""
-    all_folds = sorted(set(ctx.fold.tolist()))
+    all_folds = sorted(set(ctx.fold.tolist()) - {-1})  # fold -1: in every training set, never held out
     run_folds = rec.cv.folds if rec.cv.folds is not None else all_folds
     bad = [k for k in run_folds if k not in all_folds]
     if bad:

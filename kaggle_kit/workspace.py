@@ -30,8 +30,16 @@ from kaggle_kit import KitError
 # ----------------------------------------------------------------------------- atomic writes
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only set it: flipping it, even
+    briefly, races with files other threads create meanwhile). Linux: /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # the usual default where /proc is absent (macOS): files come out 0644
 
 
 @contextlib.contextmanager
@@ -44,7 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit.report import oof_scores
+from kaggle_kit.metrics import oof_scores
 from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv, write_json
 
 ANIMALS = ["bear", "dolphin", "eagle", "leopard", "shark"]

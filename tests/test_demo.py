@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from kaggle_kit.cli import app
 
 
-def test_kit_demo_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("KIT_DEMO_EPOCHS", "1")  # shrink the members: the pipeline, not the score
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path)])
+@pytest.mark.slow  # ~1-2 min; the quick suite covers the same steps in test_train / test_blend
+def test_kit_demo_end_to_end(tmp_path):
+    # shrunk members (--epochs 1): this checks the pipeline; test_learning checks the score
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--epochs", "1"])
     assert result.exit_code == 0, result.output
     subs = sorted((tmp_path / "submissions").glob("*-demo-blend.csv"))
     assert len(subs) == 1, result.output

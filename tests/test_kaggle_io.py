@@ -191,7 +191,6 @@ def _kit(*args: str):
 def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
     """`kit fetch digits` downloads with the real client through a dropped connection; a rerun is
     a no-op; a run predicting the hidden labels then scores 1.0 through `kit submit`."""
-    pytest.importorskip("kaggle_kit.demo_data")
     data = tmp_path / "data"
     kaggle_double.cut_downloads(1)  # the client's own retry (~2 s later) resumes it
     result = _kit("fetch", "digits", "--data-dir", str(data))
