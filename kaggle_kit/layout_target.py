@@ -10,7 +10,6 @@ the flag (--label-col, --metric, --positive); it never guesses silently.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -20,27 +19,19 @@ from kaggle_kit import KitError
 PROB_METRICS = {"log_loss", "roc_auc", "macro_auc"}  # scored on probabilities, not labels
 
 
-def known_metrics() -> list[str]:
-    """Metric names `--metric` accepts: kaggle_kit.metrics.METRICS (map@k for any k)."""
-    try:
-        from kaggle_kit.metrics import METRICS
-        names = list(METRICS)
-    except ImportError:  # metrics.py (branch targets) not merged yet: the names DESIGN lists
-        names = ["accuracy", "log_loss", "roc_auc", "macro_f1", "qwk", "map@k", "f2_samples",
-                 "macro_auc"]
-    return sorted(n for n in names if not re.fullmatch(r"map@\d+", n)) + \
-        (["map@k"] if "map@k" not in names else [])
-
-
 def check_metric(name: str | None) -> str | None:
-    """`name` if it is a known metric (map@5 for map@k), else a one-line KitError listing them."""
+    """`name` if metrics.py knows it (map@5, f2_samples ...), else a one-line KitError listing
+    the known ones."""
     if name is None:
         return None
-    known = known_metrics()
-    if name in known or (re.fullmatch(r"map@[1-9]\d*", name) and "map@k" in known):
-        return name
-    raise KitError(f"--metric {name}: unknown metric; known: {', '.join(known)} "
-                   "(map@k as e.g. map@5)")
+    from kaggle_kit.metrics import METRICS, parse_metric
+
+    try:
+        parse_metric(name)
+    except KitError:
+        raise KitError(f"--metric {name}: unknown metric; known: {', '.join(METRICS)} (e.g. "
+                       "map@5, f2_samples)") from None
+    return name
 
 
 # ----------------------------------------------------------------------------- labels

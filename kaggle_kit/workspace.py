@@ -121,13 +121,15 @@ class CompetitionDir:
     cache/) live here; the files Kaggle ships live under `source_root` (`files/` here, or the
     read-only folder `kit fetch --from <folder>` read in place), never mixed with kit's.
 
-    competition.json keys (written by fetch.py through `write_meta`):
-      name, source ("files" = `root/files`, or an absolute folder read in place), id_col,
-      label_col, labels_csv, train_dir, test_dir, ext, sample_submission (paths relative to
-      `source_root`), submission_columns, classes (sorted names), n_train, n_test, image_sizes
-      ({"32x32": n}), folds ({"k", "seed", "sha256"}), files ({relpath under source_root:
-      sha256, or "size:mtime_ns" when file_check is "stat"}), file_check ("sha256" | "stat"),
-      cache ({key: info}).
+    competition.json keys (written by fetch.py through `write_meta`; docs/competitions.md):
+      name, source ("files" = `root/files`, or an absolute folder read in place), layout,
+      labels_csv, label_col, train_id_col, group_col, train_dir, test_dir, ext, image_root
+      ("source" | "kit"), sample_submission (paths relative to `source_root`), id_col (the
+      sample's), submission_columns, task, metric, classes (sorted values as text), class_names,
+      label_map, submission ({id_col, columns, kind, positive, k}), hints (fetch flags given),
+      n_train, n_test, image_sizes ({"32x32": n}), index ({split: sha256 of <split>_index.csv}),
+      folds ({"k", "seed", "sha256"}), files ({relpath under source_root: sha256, or
+      "size:mtime_ns" when file_check is "stat"}), file_check, cache ({key: info}), origin.
     """
 
     root: Path

@@ -221,19 +221,8 @@ OTHERS = {"dogs-vs-cats-redux-kernels-edition": ["--positive", "dog", "--metric"
           "humpback-whale-identification": []}
 
 
-def _targets_merged() -> bool:
-    try:
-        import kaggle_kit.metrics  # noqa: F401  (branch targets: binary/multilabel/top-k)
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.slow  # ~10 s per competition: fetch, 1 epoch x 2 folds at 16 px, submit --dry-run
-@pytest.mark.parametrize("slug", [
-    *MULTICLASS, *(pytest.param(s, marks=pytest.mark.xfail(
-        not _targets_merged(), reason="binary/multilabel/top-k training: branch targets"))
-        for s in OTHERS)])
+@pytest.mark.slow  # ~5 s per competition: fetch, 1 epoch x 2 folds at 16 px, submit --dry-run
+@pytest.mark.parametrize("slug", [*MULTICLASS, *OTHERS])
 def test_fetch_train_submit_dry_run(tmp_path, monkeypatch, slug):
     monkeypatch.chdir(tmp_path)
     zip_path = fx_comps.COMPS[slug](tmp_path / "zips")
