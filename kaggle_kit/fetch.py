@@ -1,5 +1,5 @@
 """`kit fetch`: a Kaggle competition (download, `--from` zip/folder, or the offline demo) into a
-verified `data/<comp>/` (DESIGN.md section 1).
+verified `data/<comp>/` (docs/design.md section 1).
 
 Steps: obtain the zip -> safe unzip into `files/` of a temp folder next to the target (nested top
 folder and zips-inside-the-zip unpacked) -> detect the layout -> validate (both in layout.py) ->
@@ -176,9 +176,9 @@ def _unpack_inner(z: Path) -> None:
 
 def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
             hints: dict) -> dict:
-    comp.root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
+    comp.root.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no data/
     in_place = in_place_root(archive)
     tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
                                 prefix=f".{comp.name}.partial-{os.getpid()}-"))
@@ -308,9 +308,10 @@ def _build_caches(comp: CompetitionDir) -> dict:
     from kaggle_kit.images import build_cache
 
     cache = {}
-    for split in ("train", "test"):
-        info = build_cache(comp, split, None, progress=sys.stderr.isatty())
+    for split in ("train", "test"):  # full check: re-hashes the cache against its build record
+        info = build_cache(comp, split, None, progress=sys.stderr.isatty(), say=_say)
         info["path"] = Path(info["path"]).relative_to(comp.root).as_posix()
+        info.pop("problem")
         if info.pop("built"):
             info["built_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
             _say(f"decoded {info['n']} {split} images in {info['decode_s']:.2f} s -> "
@@ -384,10 +385,11 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
     decode_s = 0.0
     if len(meta["image_sizes"]) == 1:
         rebuilt = {k: v for k, v in _build_caches(comp).items() if "built_at" in v}
-        if rebuilt:  # only when a cache file was deleted
+        if rebuilt:  # only when a cache file was deleted or failed its check (said why)
             meta["cache"].update(rebuilt)
             decode_s = sum(v["decode_s"] for v in rebuilt.values())
-            status += f"; rebuilt missing cache {sorted(rebuilt)}"
+            status = ("files verified" if status.startswith("no-op") else status) + \
+                f"; rebuilt missing or corrupt cache {sorted(rebuilt)}"
     if not status.startswith("no-op") or decode_s:
         comp.write_meta(meta)
     _say(f"{comp.root}: {status}")

@@ -30,6 +30,12 @@ class Data(_Strict):
     # decode: resize once into the uint8 cache (bilinear, PIL); device: cache as shipped and
     # upsample each batch on the device (bilinear) -- cheaper memory for big transfer-learning inputs
     resize: Literal["decode", "device"] = "decode"
+    # non-square / mixed sizes -> the image_size square: stretch (aspect not kept) or crop (scale
+    # the short side, centre-crop). Each (size, fit) has its own decode cache.
+    fit: Literal["stretch", "crop"] = "stretch"
+    # where training reads images: device = the whole uint8 cache on the GPU (or in RAM on CPU),
+    # stream = batches read from the cache file (pinned, non_blocking); auto picks by size, printed
+    load: Literal["auto", "device", "stream"] = "auto"
     normalize: Literal["dataset", "model"] = "dataset"  # per-channel stats of train images / timm's
     limit: int | None = Field(None, ge=1)  # debugging: use only ~N train and N test images
 
@@ -43,31 +49,31 @@ class Model(_Strict):
 
 
 class Train(_Strict):
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1)  # passes over the training images, per model (fold or refit)
     batch_size: int = Field(128, ge=1)  # images per optimizer micro-step, summed over processes
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD (nesterov by default) or AdamW
     lr: float = Field(gt=0)  # peak learning rate per 256 images: scaled by batch_size*grad_accum/256
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd momentum / adamw beta1
     nesterov: bool = True  # sgd only
-    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"  # per optimizer step
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup from 0 (onecycle: the rising part)
     step_epochs: int = Field(10, ge=1)  # schedule=step: multiply lr by step_gamma every N epochs
-    step_gamma: float = Field(0.5, gt=0, le=1)
+    step_gamma: float = Field(0.5, gt=0, le=1)  # schedule=step: the lr factor
     weight_decay: float = Field(5e-4, ge=0)  # on weights only (not norms/biases); sgd: L2
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup; 0 = off
     cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha) cutmix; 0 = off
     mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches mixed when mixup/cutmix on
     ema: float | None = Field(None, gt=0, lt=1)  # EMA decay per optimizer step, e.g. 0.999
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on capable GPUs
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     channels_last: bool = True  # faster on this CPU (+10-25%) and on tensor-core GPUs
     compile: bool = False  # torch.compile the model (slow first epoch)
     max_minutes: float | None = Field(None, gt=0)  # wall-time budget, split evenly over models
     checkpoint: Literal["last", "best"] = "last"  # best = lowest validation loss
     num_workers: int = Field(2, ge=0)  # only used when per-image albumentations are needed
     threads: int | None = Field(None, ge=1)  # CPU threads for torch; None = torch's default (all
-    # cores). On a shared / oversubscribed CPU, 1 is often faster (measured here: 174 vs 63-134 img/s)
+    # cores). On a shared / oversubscribed CPU, 1 is often faster
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -119,14 +125,14 @@ class TTA(_Strict):
 
 
 class Recipe(_Strict):
-    competition: str
+    competition: str  # folder under data/ (`kit fetch <competition>` makes it)
     data: Data = Data()
     model: Model
     train: Train
     augment: Augment = Augment()
     cv: CV = CV()
     tta: TTA = TTA()
-    seed: int = 0
+    seed: int = 0  # weights, batch order and augmentation; the fold split is fetch's --seed
 
 
 # ----------------------------------------------------------------------------- loading

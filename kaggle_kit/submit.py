@@ -245,7 +245,9 @@ def submit(target: Path, *, message: str | None = None, dry_run: bool = False,
                           Path(submissions_dir))
     comp = info["competition"]
     if dry_run:
-        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded"
+        partial = (f"\nnote: {info['run']} is a partial run: {', '.join(info['partial'])} -- its "
+                   "test predictions are a quick look's, not the recipe's") if info["partial"] else ""
+        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded{partial}"
     from kaggle_kit import kaggle_io
 
     msg = message or f"{info['run'] or path.stem} (cv {info['metric']} {info['cv'] or '?'})"
@@ -295,7 +297,7 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
         info = _run_info(run, competition)
     else:
         info = {"competition": competition or _only_competition(data_dir, target),
-                "run": "", "method": "csv", "cv": "", "metric": ""}
+                "run": "", "method": "csv", "cv": "", "metric": "", "partial": []}
     comp = CompetitionDir.open(data_dir, info["competition"])
     df = pd.read_csv(target, dtype=str, keep_default_na=False)
     validate_submission(df, comp, str(target))
@@ -321,7 +323,8 @@ def _run_info(run: RunDir, competition: str | None) -> dict:
         raise KitError(f"{run.summary_path}: no 'competition' key; pass --competition")
     metric, cv = metrics.cv_score(summary)
     return {"competition": comp, "run": run.name, "cv": "" if cv is None else f"{cv:.5f}",
-            "metric": metric, "method": summary.get("method") or summary.get("kind") or ""}
+            "metric": metric, "method": summary.get("method") or summary.get("kind") or "",
+            "partial": summary.get("partial") or []}
 
 
 def _only_competition(data_dir: Path, target: Path) -> str:
@@ -395,7 +398,10 @@ def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
     """
     df = read_ledger(submissions_dir)
     if df.empty:
-        return f"no submissions yet ({_ledger_path(submissions_dir)} is empty or absent)"
+        made = [p for p in Path(submissions_dir).glob("*.csv") if p.name != "ledger.csv"]
+        dry = (f"; {len(made)} file(s) from dry runs in {submissions_dir}/ are not in it until "
+               "uploaded: kit submit <file.csv>") if made else ""
+        return f"no submissions yet ({_ledger_path(submissions_dir)} is empty or absent){dry}"
     note = ""
     if refresh:
         from kaggle_kit import kaggle_io

@@ -4,9 +4,11 @@ Read top to bottom: `run` validates everything cheap first (recipe, competition,
 targeted classes), then loads the uint8 decode cache once, then calls `train_fold` for each fold
 (and refit seed), then writes oof.csv / test.csv / summary.json / provenance.json / plots.
 
-Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one); normalisation,
-flips and pad-crops run on the batch tensor. Albumentations run per image (DataLoader workers)
-only when the recipe lists `augment.transforms` or targeted transforms.
+Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one), or, when the
+cache does not fit the device, rows read from the cache file a few batches ahead into pinned
+memory (images.stream_batches; data.load); normalisation, flips and pad-crops run on the batch
+tensor. Albumentations run per image (DataLoader workers) only when the recipe lists
+`augment.transforms` or targeted transforms.
 
 Multi-process (`accelerate launch` / `torchrun`): every rank builds the same epoch index list from
 the same seed and trains on its slice of each global batch; evaluation runs on every rank and is
@@ -163,7 +165,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
+        ctx.progress.console.print(_epoch_line(name, row, tr.epochs, _eta(ctx)), soft_wrap=True)
         if ctx.on_epoch is not None:
             ctx.on_epoch(name, row)
         spent = time.perf_counter() - t_model
@@ -193,12 +195,14 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
 
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import augment, images
 
     acc, tr, aug = ctx.acc, ctx.rec.train, ctx.rec.augment
     batches = _epoch_batches(ctx, rows, seed, name, epoch)
     loader = _loader(ctx, batches, _seed(seed, name, epoch) % 2**31) if _needs_per_image(ctx) else None
-    gen = torch.Generator(device=ctx.x.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
+    streamed = None if loader is not None or torch.is_tensor(ctx.x) else \
+        images.stream_batches(ctx.x, batches, acc.device)  # read ahead from the cache file
+    gen = torch.Generator(device=acc.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
     mixing = (tr.mixup > 0 or tr.cutmix > 0) and tr.mix_prob > 0
     task = ctx.progress.add_task(f"epoch {epoch + 1}", total=len(batches))
     losses, sizes, correct = [], [], torch.zeros((), device=acc.device)
@@ -206,8 +210,8 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     t0 = time.perf_counter()
     for step, batch in enumerate(loader if loader is not None else batches):
         if loader is None:
-            idx = torch.as_tensor(batch, device=ctx.x.device)
-            xb, yb = ctx.x[idx], ctx.y[idx]
+            idx = torch.as_tensor(batch, device=acc.device)
+            xb, yb = ctx.x[idx] if streamed is None else next(streamed), ctx.y[idx]
         else:
             xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
             yb = batch.y.to(acc.device, non_blocking=True) if ctx.task != "multilabel" \
@@ -255,7 +259,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import augment, images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -264,10 +268,12 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     was_training = net.training
     net.eval()
     probs = []
+    batches = [rows[mine[i: i + bs]] for i in range(0, per, bs)]
+    xs = (x_all[torch.as_tensor(b, device=x_all.device)] for b in batches) \
+        if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
-        for i in range(0, per, bs):
-            idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
-            x = _to_input(ctx, x_all[idx])
+        for xb in xs:
+            x = _to_input(ctx, xb)
             with acc.autocast():
                 ps = [targets.probabilities(net(v).float(), ctx.task)
                       for v in augment.tta_views(x, views)]
@@ -344,7 +350,8 @@ def _loader(ctx: Ctx, batches: list, seed: int):
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
                                        num_workers=nw, collate_fn=images.collate_uint8,
-                                       pin_memory=ctx.x.is_cuda, persistent_workers=False)
+                                       pin_memory=ctx.acc.device.type == "cuda",
+                                       persistent_workers=False)
 
 
 def _ema_update(ema, net, decay: float) -> None:
@@ -382,10 +389,20 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _epoch_line(name: str, r: dict, epochs: int) -> str:
-    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    if r.get("val_metric") is not None:
-        val += f" {r['val_metric']:.4f}"
-    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
-            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
-            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
+def _epoch_line(name: str, r: dict, epochs: int, eta: str = "") -> str:
+    val = (f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if r["val_loss"] is not None
+           else "val -")
+    if r.get("val_metric") is not None:  # the competition's metric, when it is not accuracy
+        val += f" metric {r['val_metric']:.4f}"
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} | train loss "
+            f"{r['train_loss']:.4f} acc {r['train_acc']:.4f} | {val} | lr {r['lr']:.3g} "
+            f"{r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s{eta}")
+
+
+def _eta(ctx: Ctx) -> str:
+    """' | run ETA 0:12:34': the whole run's time left at its mean pace so far ('' before any)."""
+    task = next((t for t in ctx.progress.tasks if t.id == ctx.run_task), None)
+    if task is None or not task.completed or not task.elapsed or task.remaining is None:
+        return ""
+    left = round(task.elapsed / task.completed * task.remaining)
+    return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"

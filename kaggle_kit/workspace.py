@@ -1,4 +1,4 @@
-"""The on-disk contract between commands (see DESIGN.md section 1).
+"""The on-disk contract between commands (see docs/design.md section 1).
 
 This module is the only reader/writer of `competition.json`, `folds.csv`, and a run's
 `oof.csv` / `test.csv` / `summary.json` / `provenance.json` / `recipe.yaml`. Every write is
@@ -242,7 +242,7 @@ class CompetitionDir:
             raise KitError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]!r} is not an integer; "
                            f"remake it with {refold}")
         classes = set(meta.get("classes") or [])
-        # multilabel: label is the space-joined set of class values (DESIGN sec. 1)
+        # multilabel: label is the space-joined set of class values (docs/design.md sec. 1)
         unknown = df["label"].map(lambda v: v not in classes and not set(v.split()) <= classes)
         if classes and unknown.any():
             i = int(unknown.to_numpy().argmax())

@@ -40,7 +40,7 @@ TINY_SOLUTION = ["cat", "dog", "fox", "dog", "cat", "fox"]
 
 
 def write_tiny_comp(data_dir: Path, name: str = "tiny", probs: bool = False) -> CompetitionDir:
-    """data_dir/<name>/ with competition.json (COMMON.md schema) and sample_submission.csv.
+    """data_dir/<name>/ with competition.json (schema: docs/design.md section 1) and sample_submission.csv.
 
     probs=True makes the sample ask for one probability column per class instead of a label.
     """
