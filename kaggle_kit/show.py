@@ -49,4 +49,11 @@ def fetch_lines(result: dict) -> str:
     lines.append(f"  {result['classes']} classes, {result['n_train']} train, {result['n_test']} "
                  f"test images ({sizes}); {result['folds']['k']} folds (seed "
                  f"{result['folds']['seed']}); cache {result['cache_mb']} MB{decoded}")
+    sub = result.get("submission")
+    if sub and status == "fetched":
+        what = {"label": "one label per row", "labels": f"{sub.get('k', 'a set of')} labels per row",
+                "prob": "one probability column per class",
+                "prob_positive": f"P({sub.get('positive')}) per row"}[sub["kind"]]
+        lines.append(f"  task {result['task']}, metric {result['metric']} (--metric to change), "
+                     f"submission: {what}")
     return "\n".join(lines)  # warnings: fetch printed them as it found them
