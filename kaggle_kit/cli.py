@@ -74,6 +74,9 @@ def fetch(
     label_col: Annotated[str | None, typer.Option(metavar="COL", help="Label column of the label CSV.")] = None,
     train_dir: Annotated[str | None, typer.Option(metavar="DIR", help="Folder of training images.")] = None,
     test_dir: Annotated[str | None, typer.Option(metavar="DIR", help="Folder of test images.")] = None,
+    group_col: Annotated[str | None, typer.Option(metavar="COL", help="Label-CSV column of groups (e.g. state-farm's subject): group-aware folds.")] = None,
+    metric: Annotated[str | None, typer.Option(metavar="NAME", help="Competition metric, if not the detected one (accuracy, log_loss, roc_auc, map@5, ...).")] = None,
+    positive: Annotated[str | None, typer.Option(metavar="CLASS", help="The class a one-column probability submission is P() of.")] = None,
 ) -> None:
     """Download (or import) a competition, unzip safely, detect its layout, verify it, make folds
     and the decoded-image cache: data/<competition>/."""
@@ -81,7 +84,8 @@ def fetch(
 
     r = do_fetch(competition, data_dir=data_dir, source=source, force=force, n_folds=folds,
                  seed=seed, refold=refold, id_col=id_col, label_col=label_col,
-                 train_dir=train_dir, test_dir=test_dir)
+                 train_dir=train_dir, test_dir=test_dir, group_col=group_col, metric=metric,
+                 positive=positive)
     _print(show.fetch_lines(r) or None)
 
 

@@ -152,6 +152,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
             p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
+            runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
             val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
             score = targets.checkpoint_score(val, ctx.metric)  # lower is better
             if best is None or score < best.get("score", best["val_loss"]):
@@ -180,6 +181,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     views = rec.tta.views
     val = predict(ctx, eval_net, ctx.x, val_rows, views) if val_rows is not None else None
     test = predict(ctx, eval_net, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    runfiles.check_finite(fdir, val, test)  # diverged weights: the fold is not done
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:

@@ -300,6 +300,9 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
     plan = {f"fold{k}": (rows[ctx.fold != k], rows[ctx.fold == k], rec.seed) for k in run_folds}
     for i in range(rec.cv.n_refit):
         plan[f"refit{i}"] = (rows, None, rec.seed + i)
+    if not plan:
+        raise KitError("cv: no model to train (cv.folds=[] and no cv.refit); run some folds or "
+                       "set cv.refit=true cv.test_from=refit")
     n_train = min(len(tr) for tr, _, _ in plan.values())
     if rec.train.batch_size > n_train:
         raise KitError(f"train.batch_size: {rec.train.batch_size} is larger than a fold's "
