@@ -214,7 +214,7 @@ def _orphans(root: Path, layout: dict, train_ids: pd.Series, test_ids: pd.Series
 
 def decode_all(root: Path, layout: dict, train_ids: list[str], test_ids: list[str]) -> None:
     """Decode every image once (and drop it): finds truncated files when no cache is built."""
-    from kaggle_kit.images import decode_image
+    from kaggle_kit.decode import decode_image
 
     for split, ids in (("train", train_ids), ("test", test_ids)):
         for i in ids:
