@@ -106,6 +106,34 @@ def train(
 
 @app.command()
 @kit_errors
+def estimate(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/effnet_lite0.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides, as for kit train.")] = None,
+    holdout_fold: Annotated[int | None, typer.Option("--holdout-fold", metavar="K", help="Fold held out as the test set (default: the last).")] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="RUN", help="Run name; the estimate run is <RUN>-ho<K>.")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier estimate run of another recipe.")] = False,
+) -> None:
+    """Score exactly what the recipe's test.csv holds: hold one fold out as a labelled test set,
+    run the same recipe on the rest, score its test.csv there (costs one more run)."""
+    from kaggle_kit.estimate import estimate as do_estimate
+
+    r = do_estimate(recipe, overrides or [], holdout_fold=holdout_fold, name=name,
+                    runs_dir=runs_dir, data_dir=data_dir, force=force)
+    scores = "  ".join(f"{m} {v:.4f}" for m, v in r["holdout"].items())
+    cv = r["cv_shown"]
+    typer.echo(f"estimate of {r['recipe']} (test.csv from {r['test_from']}): {scores} on "
+               f"{r['n_holdout']} held-out images of fold {r['holdout_fold']}; trained on "
+               f"{r['trained_on']} (the full run sees all: expect it a little higher)")
+    typer.echo(f"  the same run's CV ({cv.get('what', 'OOF of the fold models')}): "
+               + "  ".join(f"{m} {v:.4f}" for m, v in cv.items() if isinstance(v, float)
+                           and not m.endswith("_std")))
+    typer.echo(f"  run folder: {runs_dir / r['run']} (estimate.json)")
+
+
+@app.command()
+@kit_errors
 def recipes(
     folder: Annotated[Path, typer.Option(metavar="DIR", help="Folder of recipes.")] = Path("recipes"),
 ) -> None:
