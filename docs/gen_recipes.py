@@ -68,6 +68,33 @@ augment:
 The oversampled index list is built identically on every process before it is sharded, so it works
 unchanged with several processes; OOF and test images are never oversampled or augmented beyond the
 TTA views. `summary.json` records the targeted classes.
+
+## Pretrained weights
+
+`model.pretrained: true` loads timm's ImageNet weights from the hub. Without network (Kaggle
+notebooks with internet off, CI), download the weights once elsewhere and point the recipe at the
+file; timm loads it and re-sizes the classifier for your classes:
+
+```bash
+kit train recipes/vgg19.yaml model.pretrained_file=/path/to/vgg19_bn.safetensors
+```
+
+No ImageNet weights for the net you want (kit's own `kit_resnet9`, or no network)? Pretrain it on
+another competition you have fetched, then fine-tune. `model.pretrained_file` also takes a kit run
+(a folder, or a name under `runs/`): its `refit0/model.pt`, else its `fold0/model.pt`; the trunk is
+copied and the classifier re-sized:
+
+```bash
+kit fetch cifar10-mini --from ../shared/competitions/cifar10-mini.zip
+kit train recipes/resnet_fast.yaml competition=cifar10-mini 'cv.folds=[0]' cv.refit=false \
+    train.epochs=12 'tta.views=[orig]' --name c10pre           # one fold model is enough
+kit train recipes/resnet_fast.yaml model.pretrained_file=c10pre train.epochs=13 --name c10ft13
+```
+
+What it gains on animals15: [benchmarks](../benchmarks/BENCHMARKS.md#pretraining-on-a-related-competition).
+kit refuses weights trained on the same competition (a fold model has seen the other folds'
+validation images, so the OOF score would be leaked); it knows from the competition recorded in each
+`model.pt` (or the run's summary.json).
 """
 
 
