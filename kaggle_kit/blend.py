@@ -55,11 +55,16 @@ def _check_member(path: Path, s: dict, comp: CompetitionDir, folds: pd.DataFrame
                        f"{s['folds_sha256'][:12]} != {fsha[:12]} of {comp.folds_path}); retrain "
                        "it on the current folds")
     oof, test = run.read_oof(classes), run.read_test(classes)
+    if oof.empty:
+        raise KitError(f"{run.oof_path}: no OOF rows (a refit-only run?); blends are fitted and "
+                       "scored on OOF rows, so blend runs trained with folds")
     for path, df in ((run.oof_path, oof), (run.test_path, test)):
-        bad = df[classes].isna().any(axis=1) | (df[classes] < 0).any(axis=1)
+        p = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        bad = pd.Series(~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (p.sum(axis=1) <= 0),
+                        index=df.index)
         if bad.any():
-            raise KitError(f"{path}: {int(bad.sum())} rows with empty or negative probabilities "
-                           f"(e.g. Id {bad.index[bad][0]}); rerun that run")
+            raise KitError(f"{path}: {int(bad.sum())} rows with empty, infinite, negative or "
+                           f"all-zero probabilities (e.g. Id {bad.index[bad][0]}); rerun that run")
     unknown = oof.index.difference(folds.index)
     if len(unknown):
         raise KitError(f"{run.oof_path}: other Ids than {comp.folds_path}: "
@@ -81,6 +86,11 @@ def load_members(paths: list[Path], data_dir: Path) -> tuple[CompetitionDir, lis
     Members are returned sorted by run name, rows in folds.csv order, columns in class order."""
     if len(paths) < 2:
         raise KitError("kit blend: give at least 2 runs to blend")
+    resolved = [Path(p).resolve() for p in paths]
+    for i, r in enumerate(resolved):  # one run twice would count double, as if two members agreed
+        if r in resolved[:i]:
+            raise KitError(f"{paths[i]}: given twice (also as {paths[resolved.index(r)]}); "
+                           "give each run once")
     summaries = [RunDir(Path(p)).summary() for p in paths]
     first = summaries[0].get("competition")
     for p, s in zip(paths, summaries, strict=True):

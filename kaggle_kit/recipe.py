@@ -104,6 +104,9 @@ class Augment(_Strict):
     targeted: Targeted | None = None
 
 
+MAX_REFIT = 100  # refit models (seeds) of one run
+
+
 class CV(_Strict):
     folds: list[int] | None = None  # which folds of folds.csv to run; None = all
     refit: bool | int = False  # also train on all train images: False, True (=1) or N seeds
@@ -111,8 +114,16 @@ class CV(_Strict):
 
     @model_validator(mode="after")
     def _refit_for_test(self) -> CV:
+        if not isinstance(self.refit, bool) and not 0 <= self.refit <= MAX_REFIT:
+            raise ValueError(f"refit: {self.refit} must be true/false or a number of refit "
+                             f"models from 0 to {MAX_REFIT}")
+        if self.folds is not None and any(k < 0 for k in self.folds):
+            raise ValueError(f"folds: {self.folds} must be fold numbers >= 0 (or null = all)")
         if self.test_from != "folds" and not self.refit:
             raise ValueError(f"test_from: {self.test_from} needs refit: true (or a number)")
+        if self.folds == [] and self.test_from != "refit":
+            raise ValueError("folds: [] trains no fold model; a refit-only run needs refit: true "
+                             "and test_from: refit (it has no CV estimate)")
         return self
 
     @property
@@ -132,7 +143,9 @@ class Recipe(_Strict):
     augment: Augment = Augment()
     cv: CV = CV()
     tta: TTA = TTA()
-    seed: int = 0  # weights, batch order and augmentation; the fold split is fetch's --seed
+    # weights, batch order and augmentation; the fold split is fetch's --seed. numpy / torch
+    # seeds are non-negative; 32-bit keeps seed + refit index in range everywhere
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 # ----------------------------------------------------------------------------- loading

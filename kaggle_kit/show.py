@@ -9,7 +9,11 @@ from pathlib import Path
 def run_lines(summary: dict, runs_dir: Path) -> str:
     """A finished training run in a few lines: CV (with its spread over >= 2 folds), per fold, the
     hardest classes, what makes it partial, where its test predictions come from, what to do next."""
-    cv, metric, nan = summary.get("cv", {}), summary.get("metric") or "accuracy", float("nan")
+    cv, metric, nan = summary.get("cv") or {}, summary.get("metric") or "accuracy", float("nan")
+    if not cv and summary.get("cv_note"):  # a refit-only run has no OOF rows, hence no CV
+        run = runs_dir / summary.get("run", "?")
+        return (f"run {run}: {summary['cv_note']}\n  test predictions from: "
+                f"{summary.get('test_from')}; next: kit submit {run}")
     per_fold = summary.get("per_fold", [])
     folds = "  ".join(f"fold{f['fold']} {f.get(metric, nan):.4f}" for f in per_fold)
     scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
@@ -45,4 +49,11 @@ def fetch_lines(result: dict) -> str:
     lines.append(f"  {result['classes']} classes, {result['n_train']} train, {result['n_test']} "
                  f"test images ({sizes}); {result['folds']['k']} folds (seed "
                  f"{result['folds']['seed']}); cache {result['cache_mb']} MB{decoded}")
+    sub = result.get("submission")
+    if sub and status == "fetched":
+        what = {"label": "one label per row", "labels": f"{sub.get('k', 'a set of')} labels per row",
+                "prob": "one probability column per class",
+                "prob_positive": f"P({sub.get('positive')}) per row"}[sub["kind"]]
+        lines.append(f"  task {result['task']}, metric {result['metric']} (--metric to change), "
+                     f"submission: {what}")
     return "\n".join(lines)  # warnings: fetch printed them as it found them

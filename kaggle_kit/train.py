@@ -25,6 +25,7 @@ runfiles.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -151,6 +152,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
             p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
+            runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
             val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
             score = targets.checkpoint_score(val, ctx.metric)  # lower is better
             if best is None or score < best.get("score", best["val_loss"]):
@@ -179,6 +181,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     views = rec.tta.views
     val = predict(ctx, eval_net, ctx.x, val_rows, views) if val_rows is not None else None
     test = predict(ctx, eval_net, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    runfiles.check_finite(fdir, val, test)  # diverged weights: the fold is not done
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
@@ -191,8 +194,6 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
 def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, epoch):
     """One pass over this rank's slice of the epoch's batches.
     Returns (mean train loss, train accuracy, images seen by all ranks, seconds)."""
-    import contextlib
-
     import torch
 
     from kaggle_kit import augment, images
@@ -259,7 +260,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment, images
+    from kaggle_kit import images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -273,11 +274,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
         if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
         for xb in xs:
-            x = _to_input(ctx, xb)
-            with acc.autocast():
-                ps = [targets.probabilities(net(v).float(), ctx.task)
-                      for v in augment.tta_views(x, views)]
-            probs.append(torch.stack(ps).mean(0))
+            probs.append(predict_batch(net, xb, ctx.mean, ctx.std, ctx.img_size,
+                                       ctx.rec.train.channels_last, views, ctx.task, acc.autocast))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
     p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
@@ -309,6 +307,22 @@ def to_input(xb, mean, std, img_size: int, channels_last: bool):
                                             mode="bilinear", align_corners=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
+
+
+def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
+                  task: str, autocast=contextlib.nullcontext):
+    """(B,C) probabilities (targets.probabilities of `task`) of a (B,H,W,3) uint8 batch on net's
+    device, averaged over the TTA `views`; the net runs under `autocast()` (the run's mixed
+    precision). The one test-time path: validation (OOF) and test.csv here, and `kit predict`
+    (predict.py). Call under no_grad."""
+    import torch
+
+    from kaggle_kit import augment
+
+    x = to_input(xb, mean, std, img_size, channels_last)
+    with autocast():
+        ps = [targets.probabilities(net(v).float(), task) for v in augment.tta_views(x, views)]
+    return torch.stack(ps).mean(0)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:

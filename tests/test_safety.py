@@ -118,3 +118,143 @@ def test_failed_start_writes_no_run_folder_and_force_keeps_foreign_files(train_t
     train_tiny("demo", *QUICK, "seed=1", name="r", force=True)
     assert (train_tiny.runs_dir / "r" / "fold_notes" / "n.txt").read_text() == "keep"
     assert RunDir(train_tiny.runs_dir / "r").summary()["kind"] == "train"
+
+
+# ----------------------------------------------------------------------------- resume after refold (item 5)
+
+
+@pytest.fixture()
+def own_demo(demo_data_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo data dir (tests below change its folds.csv / competition.json)."""
+    data = tmp_path / "own_data"
+    shutil.copytree(demo_data_dir, data)
+    return data
+
+
+def _train(data_dir: Path, runs_dir: Path, *overrides: str, name: str = "r", **kw) -> dict:
+    import torch
+
+    from kaggle_kit.train import run
+    from tests.fx_train import RECIPES, TINY
+
+    torch.set_num_threads(1)
+    return run(RECIPES / "demo.yaml", [*TINY, *overrides], name=name, runs_dir=runs_dir,
+               data_dir=data_dir, **kw)
+
+
+def test_resume_after_refold_refused(own_demo, tmp_path):
+    """A fold's state.pt from the old split was continued on the new one (its model had seen
+    most of the new fold's images), and resuming a finished run raised a KeyError."""
+    from kaggle_kit.fetch import fetch
+
+    class Killed(Exception):
+        pass
+
+    def kill(name: str, row: dict) -> None:
+        raise Killed  # after the first epoch's checkpoint: as if the process had been killed
+
+    runs = tmp_path / "runs"
+    _train(own_demo, runs, "cv.folds=[0]", name="done")
+    with pytest.raises(Killed):
+        _train(own_demo, runs, "cv.folds=[0]", name="killed", on_epoch=kill)
+    assert (runs / "killed" / "fold0" / "state.pt").exists()
+    fetch("demo", data_dir=own_demo, refold=True, seed=7)
+    for name in ("killed", "done"):
+        before = _files(runs / name)
+        with pytest.raises(KitError, match="started on another folds.csv"):
+            _train(own_demo, runs, "cv.folds=[0]", name=name, resume=True)
+        assert _files(runs / name) == before
+
+
+# ----------------------------------------------------------------------------- diverged weights (item 8)
+
+
+def test_nan_predictions_fail_the_fold(train_tiny):
+    """One SGD step at lr 1e30: the loss of that step is finite, the weights after it are not.
+    The fold was marked done with NaN predictions, oof.csv/test.csv got empty cells, then a
+    traceback; --resume reused the NaN fold."""
+    diverge = ["cv.folds=[0]", "train.epochs=1", "train.batch_size=64", "train.lr=1e30"]
+    for resume in (False, True):
+        with pytest.raises(KitError, match="NaN or inf"):
+            train_tiny("demo", *diverge, name="nan", resume=resume)
+        run = RunDir(train_tiny.runs_dir / "nan")
+        assert not (run.fold_dir(0) / "done.json").exists()
+        assert not run.oof_path.exists() and not run.test_path.exists()
+
+
+# ----------------------------------------------------------------------------- refit-only run (issue 23)
+
+
+def test_refit_only_run_works_end_to_end(train_tiny):
+    """`'cv.folds=[]' cv.refit=true cv.test_from=refit` trained, then raised KeyError "['Id'] not
+    in index" in RunDir.write_oof and wrote no test.csv."""
+    s = train_tiny("demo", "cv.folds=[]", "cv.refit=true", "cv.test_from=refit", "train.epochs=1",
+                   name="refit")
+    run = RunDir(train_tiny.runs_dir / "refit")
+    assert s["cv"] is None and "no CV estimate" in s["cv_note"]
+    assert s["test_members"] == ["refit0"]
+    test = run.read_test(s["classes"])
+    assert len(test) > 0 and test.notna().all().all()
+    assert run.read_oof().empty
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["cv.folds=[]"], "refit-only run needs refit"),
+    (["cv.folds=[]", "cv.refit=true"], "refit-only run needs refit"),
+    (["cv.refit=-1", "cv.test_from=refit"], "refit: -1"),
+    (["cv.folds=[-1]"], "fold numbers >= 0"),
+    (["seed=-1"], "seed"),
+    (["seed=99999999999"], "seed"),
+])
+def test_bad_cv_and_seed_refused_before_training(train_tiny, overrides, match):
+    """seed=-1 was a traceback; cv.refit=-1 cv.test_from=refit exited 0 with an empty test.csv."""
+    with pytest.raises(KitError, match=match):
+        train_tiny("demo", *overrides, name="bad")
+    assert not (train_tiny.runs_dir / "bad").exists()
+
+
+# ----------------------------------------------------------------------------- folds.csv vs fetch (items 7, 11)
+
+
+def _edit_folds(data: Path, edit) -> None:
+    path = data / "demo" / "folds.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(edit(lines)) + "\n")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda ls: ls[:1] + ls[201:], "changed since kit fetch"),  # 200 rows deleted
+    (lambda ls: [ls[0], ls[1].rsplit(",", 1)[0] + ",x", *ls[2:]], "changed since kit fetch"),
+    (lambda ls: [ls[0], ls[2].split(",")[0] + "," + ",".join(ls[1].split(",")[1:]), *ls[2:]],
+     "changed since kit fetch"),  # an Id moved onto another row
+])
+def test_edited_folds_csv_refused(own_demo, tmp_path, edit, match):
+    _edit_folds(own_demo, edit)
+    with pytest.raises(KitError, match=match):
+        _train(own_demo, tmp_path / "runs", *QUICK)
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_folds_csv_unknown_label_or_fold_refused_even_without_a_recorded_hash(own_demo):
+    comp = CompetitionDir(own_demo / "demo")
+    meta = comp.meta()
+    meta["folds"] = {k: v for k, v in meta["folds"].items() if k != "sha256"}  # an older fetch
+    comp.write_meta(meta)
+    good = comp.folds_path.read_text()
+    _edit_folds(own_demo, lambda ls: [ls[0], ls[1].rsplit(",", 1)[0] + ",x", *ls[2:]])
+    with pytest.raises(KitError, match="line 2: fold 'x' is not an integer"):
+        comp.folds()
+    comp.folds_path.write_text(good)
+    _edit_folds(own_demo, lambda ls: [ls[0], "{},unicorn,{}".format(*ls[1].split(",")[::2]),
+                                      *ls[2:]])
+    with pytest.raises(KitError, match="line 2: label 'unicorn' is not a class"):
+        comp.folds()
+
+
+def test_class_removed_from_competition_json_refused(own_demo, tmp_path):
+    comp = CompetitionDir(own_demo / "demo")
+    meta = comp.meta()
+    meta["classes"] = meta["classes"][1:]
+    comp.write_meta(meta)
+    with pytest.raises(KitError, match="is not a class of"):
+        _train(own_demo, tmp_path / "runs", *QUICK)
