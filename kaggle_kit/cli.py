@@ -110,6 +110,34 @@ def train(
 
 @app.command()
 @kit_errors
+def estimate(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/effnet_lite0.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides, as for kit train.")] = None,
+    holdout_fold: Annotated[int | None, typer.Option("--holdout-fold", metavar="K", help="Fold held out as the test set (default: the last).")] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="RUN", help="Run name; the estimate run is <RUN>-ho<K>.")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier estimate run of another recipe.")] = False,
+) -> None:
+    """Score exactly what the recipe's test.csv holds: hold one fold out as a labelled test set,
+    run the same recipe on the rest, score its test.csv there (costs one more run)."""
+    from kaggle_kit.estimate import estimate as do_estimate
+
+    r = do_estimate(recipe, overrides or [], holdout_fold=holdout_fold, name=name,
+                    runs_dir=runs_dir, data_dir=data_dir, force=force)
+    scores = "  ".join(f"{m} {v:.4f}" for m, v in r["holdout"].items())
+    cv = r["cv_shown"]
+    typer.echo(f"estimate of {r['recipe']} (test.csv from {r['test_from']}): {scores} on "
+               f"{r['n_holdout']} held-out images of fold {r['holdout_fold']}; trained on "
+               f"{r['trained_on']} (the full run sees all: expect it a little higher)")
+    typer.echo(f"  the same run's CV ({cv.get('what', 'OOF of the fold models')}): "
+               + "  ".join(f"{m} {v:.4f}" for m, v in cv.items() if isinstance(v, float)
+                           and not m.endswith("_std")))
+    typer.echo(f"  run folder: {runs_dir / r['run']} (estimate.json)")
+
+
+@app.command()
+@kit_errors
 def recipes(
     folder: Annotated[Path, typer.Option(metavar="DIR", help="Folder of recipes.")] = Path("recipes"),
 ) -> None:
@@ -200,12 +228,12 @@ def demo(
 @app.command()
 @kit_errors
 def predict(
-    source: Annotated[Path, typer.Argument(help="A run folder (runs/x, train or blend) or a kit export folder.")],
-    images: Annotated[Path, typer.Argument(help="A folder of images, a CSV of Ids (e.g. sample_submission.csv), or a fetched competition (its test split).")],
-    out: Annotated[Path, typer.Option("--out", help="The submission CSV to write.")] = Path("submission.csv"),
-    probs: Annotated[Path | None, typer.Option("--probs", help="Also write the probabilities (test.csv format).")] = None,
-    image_dir: Annotated[Path | None, typer.Option("--image-dir", help="Folder of the CSV's images (default: the competition's test folder next to the CSV).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
+    source: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder (runs/x, train or blend) or a kit export folder.")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="A folder of images, a CSV of Ids (e.g. sample_submission.csv), or a fetched competition (its test split).")],
+    out: Annotated[Path, typer.Option("--out", metavar="CSV", help="The submission CSV to write.")] = Path("submission.csv"),
+    probs: Annotated[Path | None, typer.Option("--probs", metavar="CSV", help="Also write the probabilities (test.csv format).")] = None,
+    image_dir: Annotated[Path | None, typer.Option("--image-dir", metavar="DIR", help="Folder of the CSV's images (default: the competition's test folder next to the CSV).")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images decoded and predicted at a time.")] = 256,
     data_dir: DataDir = Path("data"),
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
@@ -222,8 +250,8 @@ def predict(
 @app.command()
 @kit_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="A finished run folder (train or blend).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Export folder (default: exports/<run>).")] = None,
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder (train or blend).")],
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Export folder (default: exports/<run>).")] = None,
     data_dir: DataDir = Path("data"),
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
