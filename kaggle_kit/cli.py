@@ -124,7 +124,8 @@ def train(
 
     summary = run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
                   resume=resume, force=force)
-    _print(_run_line(summary, runs_dir))
+    if summary is not None:  # None on the other processes of a multi-process run
+        _print(_run_line(summary, runs_dir))
 
 
 @app.command()

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, runfiles, train_setup
+from kaggle_kit import KitError, accel, runfiles, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir
@@ -48,7 +48,8 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
-    refused unless `force`; `resume` skips finished folds and continues an interrupted one."""
+    refused unless `force`; `resume` skips finished folds and continues an interrupted one.
+    Under several processes only the main one returns the summary (the others return None)."""
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
@@ -60,12 +61,10 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
         rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
 
     import torch
-    from accelerate import Accelerator
 
     if rec.train.threads:
         torch.set_num_threads(rec.train.threads)
-    acc = Accelerator(mixed_precision=train_setup.precision(rec.train.mixed_precision),
-                      cpu=not torch.cuda.is_available())
+    acc, notes = accel.make_accelerator(rec.train, run_dir.root)
     if acc.is_main_process:
         runfiles.prepare_run_dir(run_dir, recipe_text, resume)
     acc.wait_for_everyone()
@@ -75,14 +74,21 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
     ctx.progress = progress = train_setup.progress_bars(acc.is_main_process)
     ctx.run_task = progress.add_task("run (epochs)", total=len(models) * rec.train.epochs)
-    with progress:
-        preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
+    ctx.notes += [*notes, accel.sync_bn_note(acc, rec.train.sync_bn),
+                  train_setup.normalize_note(rec)]
+    _say_notes(ctx)
+    accel.start_tracking(acc, rec, run_dir.root.name)
+    try:
+        with progress:
+            preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
+    finally:
+        accel.stop_tracking(acc)
     acc.wait_for_everyone()
     summary = None
     if acc.is_main_process:
         summary = runfiles.write_results(ctx, preds, t_start)
     acc.wait_for_everyone()
-    return summary if summary is not None else RunDir(run_dir.root).summary()
+    return summary  # the main process only: other ranks print nothing
 
 
 # ----------------------------------------------------------------------------- one model
@@ -107,18 +113,23 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         return runfiles.read_done(ctx, fdir, val_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun
     net = train_setup.build_model(ctx)
-    ema = train_setup.copy_model(net) if tr.ema else None
+    _say_notes(ctx)  # what the pretrained file filled in (first model only)
+    net = accel.sync_bn(net, acc, tr.sync_bn)
+    ema = accel.make_ema(net, tr.ema) if tr.ema else None  # ema.module: the averaged net
     lr = tr.lr * tr.batch_size * tr.grad_accum / 256  # recipe lr is per 256 images
     opt = train_setup.make_optimizer(net, tr, lr)
     steps = math.ceil(len(_epoch_batches(ctx, train_rows, seed, name, 0)) / tr.grad_accum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, train_setup.lr_lambda(tr, steps))
-    model, opt = acc.prepare(torch.compile(net) if tr.compile else net, opt)
+    model, opt = acc.prepare(net, opt)
+    if tr.compile:  # after DDP wraps the net: dynamo splits the graph at DDP's buckets (overlap)
+        model = torch.compile(model)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
-    eval_net = ema if ema is not None else net
+    eval_net = ema.module if ema is not None else net  # the weights evaluated and saved
+    fwd = ema.module if ema is not None else (model if tr.compile else net)  # ... run through
     crit = torch.nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
-    t_model, stats = time.perf_counter(), {"train_s": 0.0, "images": 0, "stopped_early": False}
+    t_model, stats = accel.clock(), {"train_s": 0.0, "images": 0, "stopped_early": False}
     for epoch in range(start, tr.epochs):
         t0 = time.perf_counter()
         _seed_rngs(seed, name, epoch, acc.process_index)
@@ -128,7 +139,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         stats["images"] += n_img
         val_loss = val_acc = None
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
-            p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
+            p = predict(ctx, fwd, ctx.x, val_rows, ["orig"])
             val_loss, val_acc = _loss_acc(p, ctx.y[torch.as_tensor(val_rows)].cpu().numpy())
             if best is None or val_loss < best["val_loss"]:
                 best = {"val_loss": val_loss, "epoch": epoch + 1,
@@ -142,19 +153,22 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
+        ctx.epochs_done += 1
+        accel.log_epoch(acc, rec, name, row, ctx.epochs_done)
+        _say(ctx, _epoch_line(name, row, tr.epochs))
         _maybe_simulated_kill()
-        spent = time.perf_counter() - t_model
-        if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
+        spent = accel.clock() - t_model
+        over = bool(budget_s) and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s
+        if epoch + 1 < tr.epochs and accel.rank0_decides(acc, over):  # rank 0's clock for all
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
-            ctx.progress.console.print(f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
+            _say(ctx, f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
             break
     ctx.progress.remove_task(task)
     if tr.checkpoint == "best" and best is not None:
         eval_net.load_state_dict(best["model"])
     views = rec.tta.views
-    val = predict(ctx, eval_net, ctx.x, val_rows, views) if val_rows is not None else None
-    test = predict(ctx, eval_net, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    val = predict(ctx, fwd, ctx.x, val_rows, views) if val_rows is not None else None
+    test = predict(ctx, fwd, ctx.test_x, np.arange(len(ctx.test_ids)), views)
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
@@ -206,8 +220,8 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                _ema_update(ema, net, tr.ema)
+            if ema is not None:  # step = optimizer steps so far (the schedule's count: resumes)
+                ema.update(net, step=sched.last_epoch)
         losses.append(loss.detach())
         sizes.append(len(yb))
         correct += (out.argmax(1) == yb).sum()
@@ -215,10 +229,13 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     seconds = time.perf_counter() - t0
     ctx.progress.remove_task(task)
     losses = torch.stack(losses).float()
-    if not torch.isfinite(losses).all():
-        bad = int((~torch.isfinite(losses)).nonzero()[0])
-        raise KitError(f"{name}: training loss is {losses[bad].item()} at epoch {epoch + 1}, "
-                       f"step {bad + 1}; lower train.lr, or set train.mixed_precision=no")
+    finite = bool(torch.isfinite(losses).all())
+    if accel.any_rank(acc, not finite):  # every rank stops together: none waits in a collective
+        bad = int((~torch.isfinite(losses)).nonzero()[0]) if not finite else None
+        where = (f"{losses[bad].item()} at epoch {epoch + 1}, step {bad + 1}" if bad is not None
+                 else f"not finite on another process at epoch {epoch + 1}")
+        raise KitError(f"{name}: training loss is {where}; lower train.lr, or set "
+                       "train.mixed_precision=no")
     n = torch.tensor(sizes, device=acc.device, dtype=torch.float32)
     tot = acc.reduce(torch.stack([(losses * n).sum(), correct.float(), n.sum()]), "sum")
     return float(tot[0] / tot[2]), float(tot[1] / tot[2]), int(tot[2]), seconds
@@ -322,16 +339,6 @@ def _loader(ctx: Ctx, batches: list, seed: int):
                                        pin_memory=ctx.x.is_cuda, persistent_workers=False)
 
 
-def _ema_update(ema, net, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net (parameters); buffers (BN stats) copied."""
-    import torch
-
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
-        for eb, nb in zip(ema.buffers(), net.buffers(), strict=True):
-            eb.copy_(nb)
-
-
 def _seed(*parts) -> int:
     """A stable 63-bit seed from ints and strings."""
     import zlib
@@ -368,6 +375,20 @@ def _epoch_line(name: str, r: dict, epochs: int) -> str:
     return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
             f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
             f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
+
+
+def _say(ctx: Ctx, line: str) -> None:
+    """Print a line above the progress bars, on the main process only."""
+    if ctx.acc.is_main_process:
+        ctx.progress.console.print(line, soft_wrap=True)
+
+
+def _say_notes(ctx: Ctx) -> None:
+    """Print (main process) and clear the pending notes: one line each, "note: ..."."""
+    for line in ctx.notes:
+        if line:
+            _say(ctx, f"note: {line}")
+    ctx.notes.clear()
 
 
 def _maybe_simulated_kill() -> None:
