@@ -1,116 +1,151 @@
-"""Decode-once image cache: `data/<comp>/cache/<split>_<size>.npy` (N,H,W,3) uint8 + `.ids.txt`.
+"""Images for training: reading the uint8 decode cache and the Dataset over it.
 
-Decoding a 32x32 PNG costs more than a small net's forward pass, so every image is decoded exactly
-once per (split, size) and training / prediction read the uint8 array (memory-mapped).
-Row i of the array is the image of line i of the ids file: train rows follow the label CSV,
-test rows follow sample_submission.csv. Ids are joined to files by name, never by listing order.
+`open_cache` -> `CacheArray`: rows are read with os.pread instead of through a np.memmap, whose
+touched pages count in the process's RSS: a streamed 20 GB cache then costs page cache (shared
+between runs and ranks, evictable), not process memory. `stream_batches` reads ahead into pinned
+memory for the GPU. Decoding one file is decode.py; building and checking the cache is cache.py
+(their public names are re-exported here, where callers have always found them).
 """
 
 from __future__ import annotations
 
-import time
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import CompetitionDir, atomic_path, write_text
+from kaggle_kit.cache import (  # noqa: F401 - re-exported: images.build_cache etc.
+    Say,
+    build_cache,
+    cache_key,
+    cache_paths,
+    check_cache,
+    load_cache,
+    pixel_histogram,
+    split_ids,
+)
+from kaggle_kit.decode import decode_image  # noqa: F401 - re-exported
+from kaggle_kit.workspace import CompetitionDir
 
 
-def cache_key(size: tuple[int, int] | None) -> str:
-    """'native' for images as shipped, else 'HxW' for images resized to that size."""
-    return "native" if size is None else f"{size[0]}x{size[1]}"
+def open_cache(comp: CompetitionDir, split: str, size: tuple[int, int] | None = None,
+               fit: str = "stretch", say: Say | None = None) -> tuple[list[str], CacheArray]:
+    """(ids, CacheArray) of a split, built / repaired first if missing or corrupt (cheap check)."""
+    build_cache(comp, split, size, progress=say is not None, fit=fit, full_check=False, say=say)
+    arr_path, ids_path = cache_paths(comp, split, size, fit)
+    return ids_path.read_text().splitlines(), CacheArray(arr_path)
 
 
-def cache_paths(comp: CompetitionDir, split: str, size: tuple[int, int] | None) -> tuple[Path, Path]:
-    """(array path, ids path) of one cache entry."""
-    stem = f"{split}_{cache_key(size)}"
-    return comp.cache_dir / f"{stem}.npy", comp.cache_dir / f"{stem}.ids.txt"
+
+class CacheArray:
+    """Read-only (N,H,W,3) uint8 view of a cache .npy whose rows are read with os.pread.
+
+    `index` (optional, (N,) int) maps row i of this view to row index[i] of the file (e.g. train
+    rows in folds.csv order, or a data.limit subset). Supports len, .shape/.dtype/.ndim/.nbytes,
+    `a[i]`, `a[slice]`, `a[int array]` (-> new ndarray) and `read_into(rows, out)`. Safe to use
+    after fork (each process opens its own file descriptor) and to pickle."""
+
+    def __init__(self, path: Path, index: np.ndarray | None = None):
+        arr = np.load(path, mmap_mode="r")  # header only: shape and data offset
+        self.path, self.offset, self.file_shape = Path(path), int(arr.offset), arr.shape
+        del arr
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        n = self.file_shape[0] if self.index is None else len(self.index)
+        self.shape = (n, *self.file_shape[1:])
+        self.dtype, self.ndim = np.dtype(np.uint8), 4
+        self.row_bytes = int(np.prod(self.file_shape[1:]))
+        self.nbytes = n * self.row_bytes
+        self._fd, self._pid = None, None
+
+    def view(self, rows) -> CacheArray:
+        """A CacheArray of rows `rows` of this one (no data read)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return CacheArray(self.path, rows if self.index is None else self.index[rows])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None, "_pid": None}
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            if not -len(self) <= key < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} rows")
+            return self[np.array([key % len(self)])][0]
+        rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, np.int64)
+        out = np.empty((len(rows), *self.shape[1:]), np.uint8)
+        self.read_into(rows, out)
+        return out
+
+    def read_into(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Fill out[j] (a C-contiguous (len(rows),H,W,3) uint8 buffer) with row rows[j]."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        if rows.min() < 0 or rows.max() >= len(self):
+            raise IndexError(f"rows out of range for {len(self)} rows")
+        if not out.flags.c_contiguous or out.shape != (len(rows), *self.shape[1:]):
+            raise ValueError(f"out must be C-contiguous {(len(rows), *self.shape[1:])} uint8")
+        phys = rows if self.index is None else self.index[rows]
+        fd = self._file()
+        flat = memoryview(out.reshape(len(rows), -1)).cast("B")
+        if np.array_equal(phys, np.arange(phys[0], phys[0] + len(phys))):
+            self._pread(fd, flat, int(phys[0]))  # one contiguous block: one read
+            return
+        rb = self.row_bytes
+        for j, r in enumerate(phys.tolist()):
+            self._pread(fd, flat[j * rb:(j + 1) * rb], r)
+
+    def _pread(self, fd: int, buf: memoryview, row: int) -> None:
+        got = os.preadv(fd, [buf], self.offset + row * self.row_bytes)
+        if got != len(buf):
+            raise KitError(f"{self.path}: truncated (short read at row {row}); "
+                           "rerun `kit fetch` to rebuild the cache")
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():  # first use, or a forked DataLoader worker
+            self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return self._fd
+
+    def __del__(self):
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
 
 
-def decode_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one image to (H,W,3) uint8 RGB, resized (bilinear) to `size`=(H,W) if given."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
-    except FileNotFoundError as e:
-        raise KitError(f"{path}: image missing; refetch with `kit fetch --force`") from e
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise KitError(f"{path}: unreadable or truncated image ({e}); "
-                       "refetch with `kit fetch --force` or remove its row") from e
+def stream_batches(arr: CacheArray, batches: list, device, depth: int = 2):
+    """Yield arr[rows] as a (B,H,W,3) uint8 tensor on `device` for each `rows` in `batches`.
+
+    A thread reads `depth` batches ahead (pread releases the GIL) into pinned host memory when
+    `device` is a GPU, whose copy is then non_blocking: reading batch i+1 and copying batch i
+    overlap the step's compute. The pinned blocks are reused by torch's caching host allocator
+    only after their copy has finished."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pin = torch.device(device).type == "cuda"
+
+    def read(rows):
+        t = torch.empty((len(rows), *arr.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+        arr.read_into(np.asarray(rows), t.numpy())
+        return t
+
+    with ThreadPoolExecutor(1, thread_name_prefix="kit-read") as pool:
+        ahead = deque(pool.submit(read, b) for b in batches[:depth])
+        for i in range(len(batches)):
+            t = ahead.popleft().result()
+            if i + depth < len(batches):
+                ahead.append(pool.submit(read, batches[i + depth]))
+            yield t.to(device, non_blocking=pin)
 
 
-def split_ids(comp: CompetitionDir, split: str) -> list[str]:
-    """Ids of a split in cache row order."""
-    if split == "train":
-        return comp.labels()["Id"].tolist()
-    if split == "test":
-        return comp.test_ids()
-    raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-
-
-def build_cache(comp: CompetitionDir, split: str, size: tuple[int, int] | None = None,
-                progress: bool = True) -> dict:
-    """Decode every image of `split` into the cache (skipped if already there). Returns info:
-    {"path", "n", "shape", "bytes", "decode_s", "built": bool}."""
-    arr_path, ids_path = cache_paths(comp, split, size)
-    if arr_path.exists() and ids_path.exists():
-        arr = np.load(arr_path, mmap_mode="r")
-        return {"path": str(arr_path), "n": int(arr.shape[0]), "shape": list(arr.shape),
-                "bytes": arr_path.stat().st_size, "decode_s": 0.0, "built": False}
-    ids = split_ids(comp, split)
-    t0 = time.perf_counter()
-    images = [decode_image(comp.image_path(split, i), size) for i in _progress(ids, split, progress)]
-    shapes = {im.shape for im in images}
-    if len(shapes) > 1:
-        hist = _size_histogram(images)
-        raise KitError(f"{comp.root}/{split}: images have mixed sizes {hist}; "
-                       "set data.image_size in the recipe so they are resized to one size")
-    arr = np.stack(images) if images else np.zeros((0, 1, 1, 3), np.uint8)
-    decode_s = time.perf_counter() - t0
-    with atomic_path(arr_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-    write_text(ids_path, "\n".join(ids) + "\n")
-    return {"path": str(arr_path), "n": len(ids), "shape": list(arr.shape),
-            "bytes": arr_path.stat().st_size, "decode_s": round(decode_s, 3), "built": True}
-
-
-def load_cache(comp: CompetitionDir, split: str,
-               size: tuple[int, int] | None = None) -> tuple[list[str], np.ndarray]:
-    """(ids, images (N,H,W,3) uint8, memory-mapped) for a split; builds the cache if missing."""
-    arr_path, ids_path = cache_paths(comp, split, size)
-    if not arr_path.exists() or not ids_path.exists():
-        build_cache(comp, split, size, progress=False)
-    ids = ids_path.read_text().split()
-    arr = np.load(arr_path, mmap_mode="r")
-    if len(ids) != arr.shape[0]:
-        raise KitError(f"{arr_path}: cache is inconsistent ({len(ids)} ids, {arr.shape[0]} images);"
-                       f" delete {comp.cache_dir} and rerun")
-    return ids, arr
-
-
-def _size_histogram(images: list[np.ndarray]) -> dict[str, int]:
-    hist: dict[str, int] = {}
-    for im in images:
-        key = f"{im.shape[0]}x{im.shape[1]}"
-        hist[key] = hist.get(key, 0) + 1
-    return dict(sorted(hist.items(), key=lambda kv: -kv[1]))
-
-
-def _progress(items: list[str], split: str, enabled: bool):
-    if not enabled:
-        yield from items
-        return
-    from rich.progress import track
-
-    yield from track(items, description=f"decoding {split}", transient=True)
 
 
 # --- Dataset over the cache (owned by the models/augment helper) -------------------------------

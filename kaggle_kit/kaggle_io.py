@@ -201,11 +201,20 @@ def download_competition(competition: str, dest_dir: Path, force: bool = False,
             raise KitError(f"{competition}: Kaggle sent a file that is not a zip; rerun to retry")
         os.replace(part, final)
     except KitError:
+        _remove_empty(part_dir, dest_dir)
         raise
     except Exception as e:
+        _remove_empty(part_dir, dest_dir)  # a partial zip stays (the rerun resumes it)
         raise _explain(e, competition, f"downloading {competition}.zip to {dest_dir}") from e
     shutil.rmtree(part_dir, ignore_errors=True)
     return final
+
+
+def _remove_empty(*folders: Path) -> None:
+    """rmdir each folder that is empty (401/403/404 before any byte: no empty .downloads/ left)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _download(api, competition: str, outfile: Path, retries: int) -> None:

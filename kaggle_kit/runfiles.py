@@ -1,4 +1,4 @@
-"""The files `kit train` reads and writes in runs/<run>/ (DESIGN.md section 1), for train.py.
+"""The files `kit train` reads and writes in runs/<run>/ (docs/design.md section 1), for train.py.
 
 Run folder checks (recipe.yaml of another recipe is refused), per-fold files (state.pt written
 atomically after each epoch, metrics.jsonl, model.pt, oof.csv / test.csv, done.json) and the run
@@ -7,6 +7,7 @@ outputs (oof.csv, test.csv, summary.json, provenance.json, plots). Only rank 0 c
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -15,37 +16,101 @@ import pandas as pd
 
 from kaggle_kit import KitError
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import RunDir, sha256_file, write_csv, write_text
+from kaggle_kit.workspace import (CompetitionDir, RunDir, run_kind, sha256_file, write_csv,
+                                  write_text)
 
 # ----------------------------------------------------------------------------- run folder (no torch)
 
 
-def check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool) -> bool:
-    """Refuse a run folder whose recipe.yaml differs from this recipe (unless force, which
-    starts it over). Returns whether to resume."""
-    if not run_dir.recipe_path.exists():
+_MODEL_DIR = re.compile(r"(fold|refit)\d+")  # the only sub-folders kit writes in a run folder
+
+
+def model_dirs(run_dir: RunDir) -> list[Path]:
+    """The fold<k>/ and refit<i>/ folders kit wrote (not e.g. a user's `fold_notes/`)."""
+    if not run_dir.root.is_dir():
+        return []
+    return sorted(p for p in run_dir.root.iterdir() if p.is_dir() and _MODEL_DIR.fullmatch(p.name))
+
+
+def _has_results(run_dir: RunDir) -> bool:
+    """Whether the folder holds anything a run produced (a checkpoint, a finished model, a
+    summary): a folder with only recipe.yaml is a start that failed its checks."""
+    return run_dir.summary_path.exists() or any(
+        (d / f).exists() for d in model_dirs(run_dir) for f in ("state.pt", "done.json"))
+
+
+def check_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, force: bool,
+                  comp: CompetitionDir | None = None) -> bool:
+    """Refuse a folder kit did not make, a blend, or a run of another recipe (unless force,
+    which starts that run over; a folder kit did not make is refused even then). `resume`
+    also checks the run started on the folds and data `comp` holds now (provenance.json).
+    Returns whether to resume. Deletes and writes nothing."""
+    root, kind = run_dir.root, run_kind(run_dir.root)
+    if root.exists() and not root.is_dir():
+        raise KitError(f"{root}: is a file, not a run folder; choose another --name")
+    if kind is None:
+        if root.is_dir() and any(root.iterdir()):
+            raise KitError(f"{root}: exists and was not made by kit train or kit blend (no "
+                           "recipe.yaml or summary.json); choose another --name, or move it away")
         if resume:
-            raise KitError(f"{run_dir.root}: nothing to resume (no recipe.yaml); drop --resume")
+            raise KitError(f"{root}: nothing to resume (no recipe.yaml); drop --resume")
         return False
-    if run_dir.recipe_path.read_text() == recipe_text:
-        return resume
-    if not force:
+    if kind == "blend":
+        if not force or resume:
+            raise KitError(f"{root}: holds a kit blend; choose another --name, or pass --force "
+                           "(without --resume) to replace it with this training run")
+        return False
+    same = run_dir.recipe_path.exists() and run_dir.recipe_path.read_text() == recipe_text
+    if not same and not force and _has_results(run_dir):
         raise KitError(f"{run_dir.recipe_path}: this run folder belongs to another recipe "
                        "(or other overrides); choose --name, or pass --force to overwrite it")
-    return False
+    if same and resume and comp is not None:
+        check_resume_data(run_dir, comp)
+    return resume and same
 
 
-def prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool) -> None:
-    """Write the resolved recipe; without --resume, clear earlier fold results."""
+def check_resume_data(run_dir: RunDir, comp: CompetitionDir) -> None:
+    """--resume continues models trained on the folds + data the run started with: refuse it
+    when folds.csv or the competition's files changed since (e.g. `kit fetch --refold`)."""
+    if not run_dir.provenance_path.exists():
+        if _has_results(run_dir):
+            raise KitError(f"{run_dir.provenance_path}: missing, so the folds this run started on "
+                           "are unknown; rerun without --resume to start it over")
+        return
+    started, now = run_dir.provenance().get("data") or {}, data_hashes(comp)
+    for key, what in (("folds_sha256", "folds.csv"), ("files_sha256", "the competition's files")):
+        if started.get(key) != now[key]:
+            raise KitError(f"{run_dir.root}: started on another {what} than {comp.root} holds now "
+                           f"(e.g. after `kit fetch --refold`); its models saw other validation "
+                           "images, so rerun without --resume to start it over (or use --name)")
+
+
+def data_hashes(comp: CompetitionDir) -> dict:
+    """{"folds_sha256", "files_sha256"}: what a run's models depend on (provenance.json)."""
+    import hashlib
+    import json
+
+    files = json.dumps(comp.meta().get("files", {}), sort_keys=True).encode()
+    return {"folds_sha256": sha256_file(comp.folds_path),
+            "files_sha256": hashlib.sha256(files).hexdigest()}
+
+
+def prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, start_prov: dict) -> None:
+    """Called once every check passed. Without --resume, delete what an earlier kit run wrote
+    here (fold<k>/, refit<i>/ and the run files; nothing else); write recipe.yaml and the
+    provenance of the start (data hashes, checked by a later --resume)."""
     import shutil
 
     run_dir.root.mkdir(parents=True, exist_ok=True)
     if not resume:
-        for d in [*run_dir.root.glob("fold*"), *run_dir.root.glob("refit*")]:
+        for d in model_dirs(run_dir):
             shutil.rmtree(d)
         for f in (run_dir.oof_path, run_dir.test_path, run_dir.summary_path, run_dir.confusion_png,
                   run_dir.curves_png, run_dir.provenance_path):
             f.unlink(missing_ok=True)
+        run_dir.write_provenance(start_prov)
+    elif not run_dir.provenance_path.exists():
+        run_dir.write_provenance(start_prov)
     write_text(run_dir.recipe_path, recipe_text)
 
 
@@ -67,8 +132,8 @@ def save_state(fdir: Path, epoch: int, net, opt, sched, ema, best, acc) -> None:
              "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema is not None else None,
              "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
              "best": best, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}}
-    with atomic_path(fdir / "state.pt") as tmp:
-        torch.save(state, tmp)
+    with atomic_path(fdir / "state.pt") as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # a file object: a full disk raises OSError ENOSPC, not RuntimeError
 
 
 def restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | None]:
@@ -96,7 +161,7 @@ def restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | Non
 
 
 def append_metrics(fdir: Path, row: dict, epoch: int) -> None:
-    """Append one epoch's row to fold<k>/metrics.jsonl (schema: COMMON / DESIGN)."""
+    """Append one epoch's row to fold<k>/metrics.jsonl (schema: docs/design.md section 1)."""
     import json
 
     fdir.mkdir(parents=True, exist_ok=True)
@@ -113,13 +178,24 @@ def write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) 
     cfg = {"model": ctx.rec.model.model_dump(), "competition": ctx.comp.name,
            "classes": ctx.classes, "img_size": ctx.img_size,
            "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
-    with atomic_path(fdir / "model.pt") as tmp:
-        torch.save({"model": cpu_state(net), "config": cfg}, tmp)
+    with atomic_path(fdir / "model.pt") as tmp, open(tmp, "wb") as f:
+        torch.save({"model": cpu_state(net), "config": cfg}, f)  # file object: ENOSPC is an OSError
     if val is not None:
         write_csv(fdir / "oof.csv", _frame(val, val_ids, ctx.classes))
     write_csv(fdir / "test.csv", _frame(test, ctx.test_ids, ctx.classes))
     write_json(fdir / "done.json", stats)
     (fdir / "state.pt").unlink(missing_ok=True)
+
+
+def check_finite(fdir: Path, val: np.ndarray | None, test: np.ndarray | None) -> None:
+    """Refuse predictions with NaN / inf (weights that diverged in the last steps while the
+    loss was still finite): the fold is not marked done and writes no oof/test rows."""
+    for what, p in (("validation", val), ("test", test)):
+        if p is not None and not np.isfinite(p).all():
+            n = int((~np.isfinite(p)).any(axis=1).sum())
+            raise KitError(f"{fdir}: {n} of {len(p)} {what} predictions are NaN or inf (the weights "
+                           "diverged while the loss was finite); the model is not marked done: lower "
+                           "train.lr or set train.mixed_precision=no and rerun")
 
 
 def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
@@ -128,11 +204,16 @@ def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
 
     def read(path, ids):
         df = pd.read_csv(path, dtype={"Id": str}).set_index("Id")
+        missing = pd.Index(ids).difference(df.index)
+        if len(missing):
+            raise KitError(f"{path}: lacks {len(missing)} Ids of this model (e.g. {missing[0]}); "
+                           "the folds changed since it was trained: rerun without --resume")
         return df.loc[ids, ctx.classes].to_numpy(dtype=float)
 
     val = read(fdir / "oof.csv", val_ids) if val_ids is not None else None
-    return {"val_ids": val_ids, "val": val, "test": read(fdir / "test.csv", ctx.test_ids),
-            "stats": read_json(fdir / "done.json")}
+    test = read(fdir / "test.csv", ctx.test_ids)
+    check_finite(fdir, val, test)  # a fold marked done by an older kit with NaN predictions
+    return {"val_ids": val_ids, "val": val, "test": test, "stats": read_json(fdir / "done.json")}
 
 
 def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
@@ -145,12 +226,13 @@ def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
 def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
     """oof.csv (each Id of the run's folds exactly once), test.csv, summary.json,
     provenance.json, confusion.png + curves.png. Main process only."""
-    from kaggle_kit import report
+    from kaggle_kit import metrics, plots
 
     rec, classes, run_dir = ctx.rec, ctx.classes, ctx.run_dir
     parts = [_frame(p["val"], p["val_ids"], classes).assign(fold=int(m[4:]))
              for m, p in preds.items() if p["val"] is not None]
-    oof = pd.concat(parts).set_index("Id") if parts else pd.DataFrame(columns=["fold", *classes])
+    oof = (pd.concat(parts).set_index("Id") if parts else  # refit-only: no OOF rows
+           pd.DataFrame(columns=["fold", *classes], index=pd.Index([], name="Id")))
     expected = {ctx.ids[i] for i in range(len(ctx.ids)) if f"fold{ctx.fold[i]}" in preds}
     if oof.index.duplicated().any() or set(oof.index) != expected:  # never by position: by Id
         raise RuntimeError("internal error: oof.csv must hold each train Id of the run's folds "
@@ -161,26 +243,39 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
                         index=pd.Index(ctx.test_ids, name="Id"), columns=classes)
     run_dir.write_oof(oof, classes)
     run_dir.write_test(test, classes)
-    labels = pd.Series([ctx.classes[i] for i in ctx.y_np], index=ctx.ids)
-    scores = report.oof_scores(oof, labels, classes) if len(oof) else {}
+    labels = ctx.labels  # class values by Id (multilabel: space-joined sets)
+    scores = metrics.oof_scores(oof, labels, classes, ctx.metric, ctx.task) if len(oof) else {
+        "cv": None, "cv_note": "no CV estimate: a refit-only run (cv.folds=[]) has no "
+        "out-of-fold predictions, so test.csv's score is unknown until Kaggle scores it"}
     stats = {m: p["stats"] for m, p in preds.items()}
     train_s = sum(s["train_s"] for s in stats.values())
     summary = {
         "run": run_dir.name, "kind": "train", "competition": ctx.comp.name, "classes": classes,
-        "metric": "accuracy", **scores, "folds_sha256": sha256_file(ctx.comp.folds_path),
+        "task": ctx.task, "metric": ctx.metric, **scores,
+        "n_never_oof": int((ctx.fold < 0).sum()),  # fold -1: trained in every fold, never scored
+        "folds_sha256": sha256_file(ctx.comp.folds_path),
         "test_from": rec.cv.test_from, "test_members": members,
         "recipe": ctx.timings.get("recipe_path"), "targeted": ctx.targeted,
         "timings": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
                     "models": stats},
         "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
-        "warnings": _distribution_warnings(test, labels, classes),
+        "partial": partial_reasons(ctx, preds),
     }
-    for w in summary["warnings"]:
-        ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
+    # a 1-fold, 2-epoch look predicts test poorly by design: no shift warning then (the CLI prints it)
+    shift = not summary["partial"] and ctx.task != "multilabel"
+    summary["warnings"] = _never_oof_warning(ctx) + (
+        _distribution_warnings(test, labels, classes) if shift else [])
     run_dir.write_summary(summary)
     run_dir.write_provenance(_provenance(ctx, t_start))
-    report.write_run_plots(run_dir, labels)
+    plots.write_run_plots(run_dir, labels, task=ctx.task, metric=ctx.metric)
     return summary
+
+
+def _never_oof_warning(ctx: Ctx) -> list[str]:
+    """The fold -1 images (classes with fewer images than folds), said once."""
+    n = int((ctx.fold < 0).sum())
+    return [f"{n} images of classes with fewer images than folds (fold -1 in folds.csv) trained "
+            "in every fold and are not in oof.csv (never OOF-scored)"] if n else []
 
 
 def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[str],
@@ -200,11 +295,33 @@ def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[
             f"{limit}): {detail}; check test preprocessing or a shift between train and test"]
 
 
+def partial_reasons(ctx: Ctx, preds: dict[str, dict]) -> list[str]:
+    """Why this run's CV and test.csv are not those of its full recipe ([] = a full run): a subset
+    of the folds, fewer epochs than the recipe file sets, data.limit, or a train.max_minutes stop."""
+    import yaml
+
+    rec, reasons = ctx.rec, []
+    k, done = len(set(ctx.fold.tolist()) - {-1}), sum(m.startswith("fold") for m in preds)
+    if done < k:
+        reasons.append(f"{done} of {k} folds")
+    try:  # the epochs the recipe file itself sets, before `train.epochs=N` overrides
+        raw = yaml.safe_load(Path(ctx.timings.get("recipe_path", "")).read_text()) or {}
+        file_epochs = int((raw.get("train") or {}).get("epochs") or 0)
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        file_epochs = 0
+    if rec.train.epochs < file_epochs:
+        reasons.append(f"train.epochs={rec.train.epochs} (the recipe file sets {file_epochs})")
+    if rec.data.limit:
+        reasons.append(f"data.limit={rec.data.limit}")
+    stopped = [m for m, p in preds.items() if p["stats"].get("stopped_early")]
+    if stopped:
+        reasons.append(f"{', '.join(stopped)} stopped early (train.max_minutes)")
+    return reasons
+
+
 def _provenance(ctx: Ctx, t_start: float) -> dict:
     """git sha + dirty flag, library versions, data + folds hashes, seed, argv, host, times."""
-    import hashlib
     import importlib.metadata as md
-    import json
     import platform
     import socket
     import subprocess
@@ -220,8 +337,6 @@ def _provenance(ctx: Ctx, t_start: float) -> dict:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    meta = ctx.comp.meta()
-    files = json.dumps(meta.get("files", {}), sort_keys=True).encode()
     iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")  # noqa: E731
     status = git("status", "--porcelain")
     return {
@@ -229,14 +344,21 @@ def _provenance(ctx: Ctx, t_start: float) -> dict:
         "versions": {"python": platform.python_version(),
                      **{p: _version(md, p) for p in ("kaggle_kit", "torch", "timm", "accelerate",
                                                      "albumentations", "numpy", "pandas")}},
-        "data": {"competition": ctx.comp.name, "files_sha256": hashlib.sha256(files).hexdigest(),
-                 "folds_sha256": sha256_file(ctx.comp.folds_path), "n_train": len(ctx.ids),
+        "data": {"competition": ctx.comp.name, **data_hashes(ctx.comp), "n_train": len(ctx.ids),
                  "n_test": len(ctx.test_ids)},
         "seed": ctx.rec.seed, "argv": sys.argv, "host": socket.gethostname(),
         "platform": platform.platform(), "device": str(ctx.acc.device),
         "num_processes": ctx.acc.num_processes, "mixed_precision": ctx.acc.mixed_precision,
         "start": iso(t_start), "end": iso(time.time()),
     }
+
+
+def start_provenance(comp: CompetitionDir, seed: int) -> dict:
+    """provenance.json of a run that started and has not finished (replaced at its end)."""
+    from datetime import datetime, timezone
+
+    return {"status": "running", "data": {"competition": comp.name, **data_hashes(comp)},
+            "seed": seed, "start": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def _version(md, pkg: str) -> str | None:

@@ -4,9 +4,11 @@ Read top to bottom: `run` validates everything cheap first (recipe, competition,
 targeted classes), then loads the uint8 decode cache once, then calls `train_fold` for each fold
 (and refit seed), then writes oof.csv / test.csv / summary.json / provenance.json / plots.
 
-Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one); normalisation,
-flips and pad-crops run on the batch tensor. Albumentations run per image (DataLoader workers)
-only when the recipe lists `augment.transforms` or targeted transforms.
+Speed: batches are slices of the uint8 cache tensor (on the GPU when there is one), or, when the
+cache does not fit the device, rows read from the cache file a few batches ahead into pinned
+memory (images.stream_batches; data.load); normalisation, flips and pad-crops run on the batch
+tensor. Albumentations run per image (DataLoader workers) only when the recipe lists
+`augment.transforms` or targeted transforms.
 
 Multi-process (`accelerate launch` / `torchrun`): every rank builds the same epoch index list from
 the same seed and trains on its slice of each global batch; evaluation runs on every rank and is
@@ -23,54 +25,74 @@ runfiles.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, accel, runfiles, train_setup
+from kaggle_kit import KitError, accel, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import CompetitionDir, RunDir
-
-STOP_ENV = "KIT_STOP_AFTER_EPOCHS"  # tests: "N" raises after N epochs of this process (a "kill")
-
-
-class SimulatedKill(RuntimeError):
-    """Raised when KIT_STOP_AFTER_EPOCHS is reached (tests of --resume)."""
+from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
 
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
         runs_dir: str | Path = "runs", data_dir: str | Path = "data", resume: bool = False,
-        force: bool = False) -> dict:
+        force: bool = False, on_epoch: Callable[[str, dict], None] | None = None) -> dict:
     """Train `recipe_path` (+ dotted overrides) on its competition; returns summary.json's dict.
 
     Writes runs/<name>/ (default name: the recipe's file stem). A folder made by another recipe is
     refused unless `force`; `resume` skips finished folds and continues an interrupted one.
-    Under several processes only the main one returns the summary (the others return None)."""
+    A disk that fills up is a one-line KitError (finished folds stay; --resume continues).
+    `on_epoch(model name, metrics row)` is called after each epoch's checkpoint is written (tests
+    raise from it to simulate a kill). torch's thread count is restored afterwards."""
+    import torch
+
+    run_name = check_run_name(name or Path(recipe_path).stem)
+    threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
+    try:
+        return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
+                    on_epoch)
+    except OSError as e:
+        err = disk_full(e, Path(runs_dir) / run_name, "training")
+        if err is None:
+            raise
+        raise err from None
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
     t_start = time.time()
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
-    run_dir = RunDir(Path(runs_dir) / (name or Path(recipe_path).stem))
+    run_dir = RunDir(Path(runs_dir) / run_name)
     recipe_text = recipes.dump(rec)
-    resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force)
+    resume = runfiles.check_run_dir(run_dir, recipe_text, resume, force, comp)
     targeted = train_setup.resolve_targeted(rec, comp, Path(runs_dir))
+    targets.check_recipe(rec, comp.meta(), targeted)  # task + metric checked before any work
     if rec.model.pretrained_file:  # a run folder becomes its model.pt (recipe.yaml keeps the name)
-        rec.model.pretrained_file = train_setup.resolve_pretrained(rec, comp, Path(runs_dir))
+        model = rec.model.model_copy(
+            update={"pretrained_file": train_setup.resolve_pretrained(rec, comp, Path(runs_dir))})
+        rec = rec.model_copy(update={"model": model})  # recipes are frozen: a resolved copy
 
     import torch
 
     if rec.train.threads:
         torch.set_num_threads(rec.train.threads)
     acc, notes = accel.make_accelerator(rec.train, run_dir.root)
-    if acc.is_main_process:
-        runfiles.prepare_run_dir(run_dir, recipe_text, resume)
-    acc.wait_for_everyone()
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
+    ctx.on_epoch = on_epoch
     models = train_setup.model_plan(rec, ctx)
+    # every check passed: only now delete an earlier run's files and write the run folder
+    if acc.is_main_process:
+        runfiles.prepare_run_dir(run_dir, recipe_text, resume,
+                                 runfiles.start_provenance(comp, rec.seed))
+    acc.wait_for_everyone()
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
     ctx.progress = progress = train_setup.progress_bars(acc.is_main_process)
     ctx.run_task = progress.add_task("run (epochs)", total=len(models) * rec.train.epochs)
@@ -88,7 +110,7 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     if acc.is_main_process:
         summary = runfiles.write_results(ctx, preds, t_start)
     acc.wait_for_everyone()
-    return summary  # the main process only: other ranks print nothing
+    return summary if summary is not None else RunDir(run_dir.root).summary()
 
 
 # ----------------------------------------------------------------------------- one model
@@ -124,9 +146,9 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     if tr.compile:  # after DDP wraps the net: dynamo splits the graph at DDP's buckets (overlap)
         model = torch.compile(model)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
-    eval_net = ema.module if ema is not None else net  # the weights evaluated and saved
+    eval_net = ema.module if ema is not None else net  # the weights evaluated and saved ...
     fwd = ema.module if ema is not None else (model if tr.compile else net)  # ... run through
-    crit = torch.nn.CrossEntropyLoss(label_smoothing=tr.label_smoothing)
+    crit = targets.criterion(ctx.task, tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
     t_model, stats = accel.clock(), {"train_s": 0.0, "images": 0, "stopped_early": False}
@@ -137,15 +159,17 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
                                                    train_rows, seed, epoch)
         stats["train_s"] += train_s
         stats["images"] += n_img
-        val_loss = val_acc = None
+        val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
             p = predict(ctx, fwd, ctx.x, val_rows, ["orig"])
-            val_loss, val_acc = _loss_acc(p, ctx.y[torch.as_tensor(val_rows)].cpu().numpy())
-            if best is None or val_loss < best["val_loss"]:
-                best = {"val_loss": val_loss, "epoch": epoch + 1,
+            runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
+            val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
+            score = targets.checkpoint_score(val, ctx.metric)  # lower is better
+            if best is None or score < best.get("score", best["val_loss"]):
+                best = {"val_loss": val["val_loss"], "score": score, "epoch": epoch + 1,
                         "model": runfiles.cpu_state(eval_net)}
-        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, "val_loss": val_loss,
-               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"],
+        row = {"epoch": epoch + 1, "train_loss": loss, "train_acc": acc1, **val,
+               "lr": opt.param_groups[0]["lr"],
                "epoch_s": round(time.perf_counter() - t0, 3),
                "images_per_s": round(n_img / max(train_s, 1e-9), 1)}
         if acc.is_main_process:
@@ -155,8 +179,9 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         ctx.progress.advance(ctx.run_task)
         ctx.epochs_done += 1
         accel.log_epoch(acc, rec, name, row, ctx.epochs_done)
-        _say(ctx, _epoch_line(name, row, tr.epochs))
-        _maybe_simulated_kill()
+        _say(ctx, _epoch_line(name, row, tr.epochs, _eta(ctx)))
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(name, row)
         spent = accel.clock() - t_model
         over = bool(budget_s) and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s
         if epoch + 1 < tr.epochs and accel.rank0_decides(acc, over):  # rank 0's clock for all
@@ -169,6 +194,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     views = rec.tta.views
     val = predict(ctx, fwd, ctx.x, val_rows, views) if val_rows is not None else None
     test = predict(ctx, fwd, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    runfiles.check_finite(fdir, val, test)  # diverged weights: the fold is not done
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
@@ -181,16 +207,16 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
 def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, epoch):
     """One pass over this rank's slice of the epoch's batches.
     Returns (mean train loss, train accuracy, images seen by all ranks, seconds)."""
-    import contextlib
-
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import augment, images
 
     acc, tr, aug = ctx.acc, ctx.rec.train, ctx.rec.augment
     batches = _epoch_batches(ctx, rows, seed, name, epoch)
     loader = _loader(ctx, batches, _seed(seed, name, epoch) % 2**31) if _needs_per_image(ctx) else None
-    gen = torch.Generator(device=ctx.x.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
+    streamed = None if loader is not None or torch.is_tensor(ctx.x) else \
+        images.stream_batches(ctx.x, batches, acc.device)  # read ahead from the cache file
+    gen = torch.Generator(device=acc.device).manual_seed(_seed(seed, name, epoch, acc.process_index))
     mixing = (tr.mixup > 0 or tr.cutmix > 0) and tr.mix_prob > 0
     task = ctx.progress.add_task(f"epoch {epoch + 1}", total=len(batches))
     losses, sizes, correct = [], [], torch.zeros((), device=acc.device)
@@ -198,17 +224,18 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     t0 = time.perf_counter()
     for step, batch in enumerate(loader if loader is not None else batches):
         if loader is None:
-            idx = torch.as_tensor(batch, device=ctx.x.device)
-            xb, yb = ctx.x[idx], ctx.y[idx]
+            idx = torch.as_tensor(batch, device=acc.device)
+            xb, yb = ctx.x[idx] if streamed is None else next(streamed), ctx.y[idx]
         else:
             xb = batch.x.permute(0, 2, 3, 1).to(acc.device, non_blocking=True)  # NHWC view
-            yb = batch.y.to(acc.device, non_blocking=True)
+            yb = batch.y.to(acc.device, non_blocking=True) if ctx.task != "multilabel" \
+                else ctx.y[batch.idx.to(ctx.y.device)].to(acc.device)  # (B, C) 0/1 rows
         x = augment.batch_augment(_to_input(ctx, xb), flip=aug.flip, pad_crop=aug.pad_crop,
                                   generator=gen)
         target = yb
         if mixing:
-            onehot = torch.nn.functional.one_hot(yb, len(ctx.classes)).float()
-            x, target = augment.mix_batch(x, onehot, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
+            soft = targets.soft_targets(yb, len(ctx.classes), ctx.task)
+            x, target = augment.mix_batch(x, soft, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
                                           prob=tr.mix_prob, generator=gen)
         sync = (step + 1) % tr.grad_accum == 0 or step == len(batches) - 1
         with contextlib.nullcontext() if sync else acc.no_sync(model):
@@ -224,7 +251,7 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
                 ema.update(net, step=sched.last_epoch)
         losses.append(loss.detach())
         sizes.append(len(yb))
-        correct += (out.argmax(1) == yb).sum()
+        correct += targets.n_correct(out.detach(), yb, ctx.task)
         ctx.progress.update(task, advance=1)
     seconds = time.perf_counter() - t0
     ctx.progress.remove_task(task)
@@ -249,7 +276,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment
+    from kaggle_kit import images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -258,13 +285,13 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     was_training = net.training
     net.eval()
     probs = []
+    batches = [rows[mine[i: i + bs]] for i in range(0, per, bs)]
+    xs = (x_all[torch.as_tensor(b, device=x_all.device)] for b in batches) \
+        if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
-        for i in range(0, per, bs):
-            idx = torch.as_tensor(rows[mine[i: i + bs]], device=x_all.device)
-            x = _to_input(ctx, x_all[idx])
-            with acc.autocast():
-                ps = [torch.softmax(net(v).float(), dim=1) for v in augment.tta_views(x, views)]
-            probs.append(torch.stack(ps).mean(0))
+        for xb in xs:
+            probs.append(predict_batch(net, xb, ctx.mean, ctx.std, ctx.img_size,
+                                       ctx.rec.train.channels_last, views, ctx.task, acc.autocast))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
     p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
@@ -296,6 +323,22 @@ def to_input(xb, mean, std, img_size: int, channels_last: bool):
                                             mode="bilinear", align_corners=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
+
+
+def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
+                  task: str, autocast=contextlib.nullcontext):
+    """(B,C) probabilities (targets.probabilities of `task`) of a (B,H,W,3) uint8 batch on net's
+    device, averaged over the TTA `views`; the net runs under `autocast()` (the run's mixed
+    precision). The one test-time path: validation (OOF) and test.csv here, and `kit predict`
+    (predict.py). Call under no_grad."""
+    import torch
+
+    from kaggle_kit import augment
+
+    x = to_input(xb, mean, std, img_size, channels_last)
+    with autocast():
+        ps = [targets.probabilities(net(v).float(), task) for v in augment.tta_views(x, views)]
+    return torch.stack(ps).mean(0)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:
@@ -332,11 +375,13 @@ def _loader(ctx: Ctx, batches: list, seed: int):
     if ctx.targeted and ctx.targeted["transforms"]:  # extra pipeline for the targeted classes only
         specs = {ctx.classes.index(c): ctx.targeted["transforms"] for c in ctx.targeted["classes"]}
         per_class = augment.build_class_transforms(specs, seed=seed)
-    ds = images.ImageDataset(ctx.x_np, ctx.y_np, transform, per_class)
+    labels = ctx.y_np if ctx.task != "multilabel" else None  # multilabel rows: ctx.y[batch.idx]
+    ds = images.ImageDataset(ctx.x_np, labels, transform, per_class)
     nw = ctx.rec.train.num_workers
     return torch.utils.data.DataLoader(ds, batch_sampler=[b.tolist() for b in batches],
                                        num_workers=nw, collate_fn=images.collate_uint8,
-                                       pin_memory=ctx.x.is_cuda, persistent_workers=False)
+                                       pin_memory=ctx.acc.device.type == "cuda",
+                                       persistent_workers=False)
 
 
 def _seed(*parts) -> int:
@@ -364,19 +409,6 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _loss_acc(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(log loss, accuracy) of (n, C) probabilities against class indices (n,)."""
-    pt = np.clip(p[np.arange(len(y)), y], 1e-15, 1.0)
-    return float(-np.log(pt).mean()), float((p.argmax(1) == y).mean())
-
-
-def _epoch_line(name: str, r: dict, epochs: int) -> str:
-    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
-            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
-            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
-
-
 def _say(ctx: Ctx, line: str) -> None:
     """Print a line above the progress bars, on the main process only."""
     if ctx.acc.is_main_process:
@@ -391,13 +423,27 @@ def _say_notes(ctx: Ctx) -> None:
     ctx.notes.clear()
 
 
-def _maybe_simulated_kill() -> None:
-    """Tests of --resume: KIT_STOP_AFTER_EPOCHS=N raises after N epochs in this process."""
-    global _EPOCHS_THIS_PROCESS
-    _EPOCHS_THIS_PROCESS += 1
-    limit = os.environ.get(STOP_ENV)
-    if limit and _EPOCHS_THIS_PROCESS >= int(limit):
-        raise SimulatedKill(f"{STOP_ENV}={limit}: stopped after {_EPOCHS_THIS_PROCESS} epochs")
+def is_main_process() -> bool:
+    """True in the process that prints a run's result (the only one, or rank 0)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
-_EPOCHS_THIS_PROCESS = 0
+def _epoch_line(name: str, r: dict, epochs: int, eta: str = "") -> str:
+    val = (f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if r["val_loss"] is not None
+           else "val -")
+    if r.get("val_metric") is not None:  # the competition's metric, when it is not accuracy
+        val += f" metric {r['val_metric']:.4f}"
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} | train loss "
+            f"{r['train_loss']:.4f} acc {r['train_acc']:.4f} | {val} | lr {r['lr']:.3g} "
+            f"{r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s{eta}")
+
+
+def _eta(ctx: Ctx) -> str:
+    """' | run ETA 0:12:34': the whole run's time left at its mean pace so far ('' before any)."""
+    task = next((t for t in ctx.progress.tasks if t.id == ctx.run_task), None)
+    if task is None or not task.completed or not task.elapsed or task.remaining is None:
+        return ""
+    left = round(task.elapsed / task.completed * task.remaining)
+    return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"

@@ -1,6 +1,6 @@
 """What train.py builds before its loop: the cheap checks (targeted classes, albumentations
-specs, TTA views, precision), the data context `Ctx` (the uint8 cache on the device, folds,
-normalisation stats), the model plan (folds + refit seeds), and the net / optimizer / lr schedule.
+specs, TTA views, precision), the data context `Ctx` (the uint8 cache on the device or streamed
+from its file, folds, normalisation stats), the model plan (folds + refit seeds), and the net / optimizer / lr schedule.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from kaggle_kit import KitError
+from kaggle_kit import KitError, metrics, targets
 from kaggle_kit import recipe as recipes
 from kaggle_kit.workspace import CompetitionDir, RunDir
 
@@ -118,13 +118,14 @@ def check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
     augment.tta_views(torch.zeros(1, 3, 4, 4), rec.tta.views)
 
 
-def progress_bars(enabled: bool):
-    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch."""
+def progress_bars(enabled: bool, transient: bool = False):
+    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch.
+    transient: erased when done (kit predict: an error then stays the only line)."""
     from rich import progress as rp
 
     return rp.Progress(rp.TextColumn("{task.description:>12}"), rp.BarColumn(),
                        rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                       rp.TimeRemainingColumn(), disable=not enabled)
+                       rp.TimeRemainingColumn(), disable=not enabled, transient=transient)
 
 
 # ----------------------------------------------------------------------------- data + context
@@ -140,65 +141,139 @@ class Ctx:
     run_dir: RunDir
     classes: list[str]
     ids: list[str]  # train Ids used (data.limit may drop some), row i of x / y / fold
-    x: Any  # (N,H,W,3) uint8 train images (torch, on the device)
+    x: Any  # (N,H,W,3) uint8 train images: torch on the device, or images.CacheArray (streamed)
     y: Any  # (N,) int64 class indices
     fold: np.ndarray  # (N,) fold of each row
     test_ids: list[str]
-    test_x: Any  # (M,H,W,3) uint8
+    test_x: Any  # (M,H,W,3) uint8, like x
     mean: Any  # (1,3,1,1) float, 0..255 scale
     std: Any
     img_size: int  # pixels the net sees
     targeted: dict | None
-    x_np: np.ndarray | None = None  # the same train images as numpy (per-image loader path)
+    x_np: Any = None  # the same train images as an images.CacheArray (per-image loader path)
     y_np: np.ndarray | None = None
     progress: Any = None
     run_task: Any = None
     epochs_done: int = 0  # epochs trained by this run so far, all models (tracker step)
     notes: list = field(default_factory=list)  # one-line notes the main process prints once
+    on_epoch: Any = None  # run()'s callback(model name, metrics row) after each epoch, or None
     timings: dict = field(default_factory=dict)
+    task: str = "multiclass"  # competition.json "task" (targets.py, metrics.py)
+    metric: str = "accuracy"  # competition.json "metric": the CV score, checkpoint: best
+    labels: Any = None  # pd.Series of folds.csv labels by Id (class values; multilabel: sets)
+
+
+CPU_RESIDENT_MAX = 512 << 20  # bytes: on CPU a bigger cache is streamed (the page cache serves
+# it at memory speed, shared and evictable, while a resident copy would be process memory)
+GPU_RESIDENT_FRACTION = 0.4  # of the GPU's free memory; the rest is for the net's activations
 
 
 def load_context(acc, rec: recipes.Recipe, comp: CompetitionDir, run_dir: RunDir,
                  targeted: dict | None) -> Ctx:
-    """Load the cache once (train rows joined to folds.csv by Id), move it to the device."""
+    """Open the decode cache (rank 0 builds or repairs it while the others wait), join the train
+    rows to folds.csv by Id, and keep the images on the device or stream them from the cache file
+    (data.load; the choice is printed). Each rank reads only the rows it uses."""
     import torch
 
     from kaggle_kit import images
 
-    s = rec.data.image_size
-    size = (s, s) if s and rec.data.resize == "decode" else None
-    cache_ids, cache_x = images.load_cache(comp, "train", size)
-    test_ids, test_x = images.load_cache(comp, "test", size)
+    size, fit = cache_size(rec, comp, acc.print)
+    say = acc.print if acc.is_main_process else None
+    with acc.main_process_first():  # one rank decodes a missing cache, the others then open it
+        cache_ids, cache_x = images.open_cache(comp, "train", size, fit, say)
+        test_ids, test_x = images.open_cache(comp, "test", size, fit, say)
     folds = comp.folds()
     if rec.data.limit:  # debugging subset: the first rows of each fold, keeps every fold
         per = max(1, math.ceil(rec.data.limit / folds["fold"].nunique()))
         folds = folds.groupby("fold", sort=False).head(per)
-        test_ids, test_x = test_ids[: rec.data.limit], test_x[: rec.data.limit]
+        test_ids = test_ids[: rec.data.limit]
+        test_x = test_x.view(np.arange(len(test_ids)))
     row = {i: r for r, i in enumerate(cache_ids)}
     missing = [i for i in folds["Id"] if i not in row]
     if missing:
         raise KitError(f"{comp.folds_path}: Id {missing[0]} has no cached image; "
                        f"rerun `kit fetch {comp.name} --force`")
-    classes = comp.classes
-    cls_index = {c: k for k, c in enumerate(classes)}
-    x = np.ascontiguousarray(cache_x[[row[i] for i in folds["Id"]]])
-    mean, std = _norm_stats(rec, x)
+    rows = np.array([row[i] for i in folds["Id"]], dtype=np.int64)
+    x_host = cache_x.view(rows)  # (N,H,W,3) uint8 in folds.csv order, read on demand
+    every = len(rows) == len(cache_x) and np.array_equal(np.sort(rows), np.arange(len(rows)))
+    mean, std = _norm_stats(rec, x_host, images.pixel_histogram(cache_x.path) if every else None)
+    where, why = placement(rec.data.load, x_host.nbytes + test_x.nbytes, acc.device)
+    acc.print(f"data: {len(rows)} train + {len(test_ids)} test images "
+              f"{'x'.join(map(str, x_host.shape[1:3]))}, "
+              f"{(x_host.nbytes + test_x.nbytes) / 1e6:.0f} MB: "
+              + (f"kept on {acc.device}" if where == "device" else
+                 f"streamed from {cache_x.path.parent}") + f" ({why})")
     dev = acc.device
+    classes = comp.classes
+    task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
+    y = targets.encode(folds, classes, task, str(comp.folds_path))  # (N,) or (N, C) multilabel
     return Ctx(acc=acc, rec=rec, comp=comp, run_dir=run_dir, classes=classes,
-               ids=folds["Id"].tolist(), x=torch.from_numpy(x).to(dev),
-               y=torch.tensor(folds["label"].map(cls_index).to_numpy(), device=dev),
-               fold=folds["fold"].to_numpy(), test_ids=list(test_ids),
-               test_x=torch.from_numpy(np.array(test_x)).to(dev),
+               ids=folds["Id"].tolist(),
+               x=on_device(x_host, dev) if where == "device" else x_host,
+               y=torch.from_numpy(y).to(dev), fold=folds["fold"].to_numpy(),
+               test_ids=list(test_ids),
+               test_x=on_device(test_x, dev) if where == "device" else test_x,
                mean=torch.tensor(mean, device=dev).view(1, 3, 1, 1).float(),
                std=torch.tensor(std, device=dev).view(1, 3, 1, 1).float(),
-               img_size=s or int(x.shape[1]), targeted=targeted, x_np=x,
-               y_np=folds["label"].map(cls_index).to_numpy())
+               img_size=rec.data.image_size or int(x_host.shape[1]), targeted=targeted,
+               x_np=x_host, y_np=y, task=task, metric=metric,
+               labels=folds.set_index("Id")["label"])
 
 
-def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cache_size(rec: recipes.Recipe, comp: CompetitionDir, say) -> tuple[tuple | None, str]:
+    """((H,W) the cache is decoded at, or None = as shipped; fit). Images of several sizes are
+    resized at decode to data.image_size (said once); without an image_size they are refused."""
+    s, fit = rec.data.image_size, rec.data.fit
+    sizes = comp.meta().get("image_sizes") or {}
+    if s is None:
+        if len(sizes) > 1:
+            common = next(iter(sizes))
+            raise KitError(f"{comp.meta_path}: images have mixed sizes {sizes}; set "
+                           f"data.image_size (e.g. data.image_size={min(map(int, common.split('x')))}"
+                           ") so they are resized to one square (data.fit: stretch or crop)")
+        return None, "stretch"
+    if rec.data.resize == "device" and len(sizes) <= 1:
+        return None, "stretch"
+    other = {k: v for k, v in sizes.items() if k != f"{s}x{s}"}
+    if other:
+        how = "stretched" if fit == "stretch" else "short side scaled, centre-cropped"
+        say(f"data: resizing {sum(other.values())} images ({', '.join(other)}) to {s}x{s} "
+            f"when decoding ({how}: data.fit={fit})")
+    return (s, s), fit
+
+
+def placement(load: str, nbytes: int, device) -> tuple[str, str]:
+    """("device" | "stream", why): the whole cache on the device when it fits, else stream."""
+    if load != "auto":
+        return load, f"data.load={load}"
+    import torch
+
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+        limit, what = GPU_RESIDENT_FRACTION * free, f"{GPU_RESIDENT_FRACTION:.0%} of {free / 1e9:.1f} GB free"
+    else:
+        limit, what = CPU_RESIDENT_MAX, f"{CPU_RESIDENT_MAX >> 20} MB on CPU"
+    where = "device" if nbytes <= limit else "stream"
+    return where, f"data.load=auto: {'within' if where == 'device' else 'over'} {what}"
+
+
+def on_device(arr, device):
+    """A (N,H,W,3) uint8 torch tensor on `device` filled from a CacheArray in 64 MB pieces."""
+    import torch
+
+    out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
+    step = max(1, (64 << 20) // max(1, arr.row_bytes))
+    for i in range(0, len(arr), step):
+        out[i: i + step].copy_(torch.from_numpy(arr[i: i + step]))
+    return out
+
+
+def _norm_stats(rec: recipes.Recipe, x, hist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std) on the 0..255 scale: of the train images, or timm's pretrained cfg.
 
-    Dataset stats use every train image (pixels only, no labels), so all folds share them."""
+    Dataset stats use every train image (pixels only, no labels), so all folds share them. `hist`
+    ((3,256) value counts recorded at cache build) gives the same sums without reading x: the sums
+    are integers below 2**53, exact in float64 in any order."""
     if rec.data.normalize == "model":  # what the pretrained weights expect (ImageNet default)
         import timm
 
@@ -208,17 +283,21 @@ def _norm_stats(rec: recipes.Recipe, x: np.ndarray) -> tuple[np.ndarray, np.ndar
         mean = cfg.mean if cfg and cfg.mean else timm.data.IMAGENET_DEFAULT_MEAN
         std = cfg.std if cfg and cfg.std else timm.data.IMAGENET_DEFAULT_STD
         return np.array(mean) * 255, np.array(std) * 255
-    s1, s2, n = np.zeros(3), np.zeros(3), 0
-    for i in range(0, len(x), 1024):
-        chunk = x[i: i + 1024].reshape(-1, 3).astype(np.float64)
-        s1, s2, n = s1 + chunk.sum(0), s2 + (chunk**2).sum(0), n + len(chunk)
+    if hist is not None:
+        v = np.arange(256, dtype=np.int64)
+        s1, s2, n = (hist @ v).astype(np.float64), (hist @ (v * v)).astype(np.float64), int(hist[0].sum())
+    else:
+        s1, s2, n = np.zeros(3), np.zeros(3), 0
+        for i in range(0, len(x), 1024):
+            chunk = x[i: i + 1024].reshape(-1, 3).astype(np.float64)
+            s1, s2, n = s1 + chunk.sum(0), s2 + (chunk**2).sum(0), n + len(chunk)
     mean = s1 / max(n, 1)
     return mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 1e-6))
 
 
 def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
     """{model name: (train rows, val rows or None, seed)} for the folds and refit seeds to train."""
-    all_folds = sorted(set(ctx.fold.tolist()))
+    all_folds = sorted(set(ctx.fold.tolist()) - {-1})  # fold -1: in every training set, never held out
     run_folds = rec.cv.folds if rec.cv.folds is not None else all_folds
     bad = [k for k in run_folds if k not in all_folds]
     if bad:
@@ -227,6 +306,9 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
     plan = {f"fold{k}": (rows[ctx.fold != k], rows[ctx.fold == k], rec.seed) for k in run_folds}
     for i in range(rec.cv.n_refit):
         plan[f"refit{i}"] = (rows, None, rec.seed + i)
+    if not plan:
+        raise KitError("cv: no model to train (cv.folds=[] and no cv.refit); run some folds or "
+                       "set cv.refit=true cv.test_from=refit")
     n_train = min(len(tr) for tr, _, _ in plan.values())
     if rec.train.batch_size > n_train:
         raise KitError(f"train.batch_size: {rec.train.batch_size} is larger than a fold's "
@@ -238,21 +320,34 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
 
 
 def build_model(ctx: Ctx):
-    """timm model with a head sized from the class list, checked against the input size."""
+    """timm model with a head sized from the class list, checked against the input size.
+    The first one of a run with model.pretrained_file queues a note of what the file filled in."""
+    from kaggle_kit import models
+
+    m = ctx.rec.model
+    net = build_net(m, len(ctx.classes), ctx.img_size, ctx.acc.device, ctx.rec.train.channels_last)
+    if m.pretrained_file and not ctx.timings.get("load_reported"):  # once per run
+        ctx.timings["load_reported"] = True
+        ctx.notes.append(models.load_report(net, m.pretrained_file))
+    return net
+
+
+def build_net(m: recipes.Model, n_classes: int, img_size: int, device, channels_last: bool,
+              weights: bool = True):
+    """The net of recipe section `m` on `device` (train and `kit predict`). weights=False skips
+    the pretrained / pretrained_file weights (offline prediction loads a run's own weights)."""
     import torch
 
     from kaggle_kit import models
 
-    m = ctx.rec.model
-    net = models.create_model(m.name, len(ctx.classes), pretrained=m.pretrained or bool(m.pretrained_file),
-                              pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
-                              drop_path_rate=m.drop_path_rate, img_size=ctx.img_size)
-    models.check_input(net, ctx.img_size)
-    if m.pretrained_file and not ctx.timings.get("load_reported"):  # once per run
-        ctx.timings["load_reported"] = True
-        ctx.notes.append(models.load_report(net, m.pretrained_file))
-    net = net.to(ctx.acc.device)
-    if ctx.rec.train.channels_last:
+    net = models.create_model(m.name, n_classes,
+                              pretrained=weights and (m.pretrained or bool(m.pretrained_file)),
+                              pretrained_file=m.pretrained_file if weights else None,
+                              drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate,
+                              img_size=img_size)
+    models.check_input(net, img_size)
+    net = net.to(device)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
 

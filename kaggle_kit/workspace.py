@@ -1,4 +1,4 @@
-"""The on-disk contract between commands (see DESIGN.md section 1).
+"""The on-disk contract between commands (see docs/design.md section 1).
 
 This module is the only reader/writer of `competition.json`, `folds.csv`, and a run's
 `oof.csv` / `test.csv` / `summary.json` / `provenance.json` / `recipe.yaml`. Every write is
@@ -11,9 +11,11 @@ Probability columns are named by class name, never by index.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +30,16 @@ from kaggle_kit import KitError
 # ----------------------------------------------------------------------------- atomic writes
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only set it: flipping it, even
+    briefly, races with files other threads create meanwhile). Linux: /proc/self/status."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022  # the usual default where /proc is absent (macOS): files come out 0644
 
 
 @contextlib.contextmanager
@@ -42,7 +52,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -107,12 +117,19 @@ _META_CACHE: dict[Path, tuple[tuple[int, int], dict]] = {}  # competition.json p
 
 @dataclass(frozen=True)
 class CompetitionDir:
-    """`data/<comp>/` as written by `kit fetch`.
+    """`data/<comp>/` as written by `kit fetch`: kit's own files (competition.json, folds.csv,
+    cache/) live here; the files Kaggle ships live under `source_root` (`files/` here, or the
+    read-only folder `kit fetch --from <folder>` read in place), never mixed with kit's.
 
-    competition.json keys (written by fetch.py through `write_meta`):
-      name, id_col, label_col, labels_csv, train_dir, test_dir, ext, sample_submission,
-      submission_columns, classes (sorted names), n_train, n_test, image_sizes ({"32x32": n}),
-      folds ({"k", "seed", "sha256"}), files ({relpath: sha256}), cache ({key: info}).
+    competition.json keys (written by fetch.py through `write_meta`; docs/competitions.md):
+      name, source ("files" = `root/files`, or an absolute folder read in place), layout,
+      labels_csv, label_col, train_id_col, group_col, train_dir, test_dir, ext, image_root
+      ("source" | "kit"), sample_submission (paths relative to `source_root`), id_col (the
+      sample's), submission_columns, task, metric, classes (sorted values as text), class_names,
+      label_map, submission ({id_col, columns, kind, positive, k}), hints (fetch flags given),
+      n_train, n_test, image_sizes ({"32x32": n}), index ({split: sha256 of <split>_index.csv}),
+      folds ({"k", "seed", "sha256"}), files ({relpath under source_root: sha256, or
+      "size:mtime_ns" when file_check is "stat"}), file_check, cache ({key: info}), origin.
     """
 
     root: Path
@@ -143,6 +160,16 @@ class CompetitionDir:
     def cache_dir(self) -> Path:
         return self.root / "cache"
 
+    @property
+    def source_root(self) -> Path:
+        """The folder holding the files Kaggle ships: `root/files`, or the folder that
+        `kit fetch --from` read in place. Every path to a shipped file goes through here."""
+        source = self.meta().get("source")
+        if source is None:
+            raise KitError(f"{self.root}: fetched by an older kit (Kaggle's files mixed with kit's); "
+                           f"run `kit fetch {self.name} --force` to refetch it")
+        return self.root / source if source == "files" else Path(source)
+
     def meta(self) -> dict:
         """competition.json, parsed once per version of the file (keyed by mtime and size), so
         per-image helpers such as `image_path` cost no JSON read. Returns a shallow copy: callers
@@ -166,35 +193,146 @@ class CompetitionDir:
         return list(self.meta()["classes"])
 
     def labels(self) -> pd.DataFrame:
-        """Train labels as a DataFrame with columns Id (str), label (str), in CSV order."""
+        """Train labels as a DataFrame with columns Id (str), label (str), in CSV order
+        (multilabel: the space-joined sorted set of class values)."""
         m = self.meta()
-        df = pd.read_csv(self.root / m["labels_csv"], dtype=str, keep_default_na=False)
-        return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
+        if "index" not in m:  # a competition.json written by hand (tests) without kit's index
+            df = pd.read_csv(self.source_root / m["labels_csv"], dtype=str, keep_default_na=False)
+            return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
+        return self.train_index()[["Id", "label"]]
+
+    def index_path(self, split: str) -> Path:
+        """Kit's index of a split, written by fetch: `train_index.csv` (Id,label,path[,group]),
+        `test_index.csv` (Id,path); rows in label-CSV / sample_submission order, paths relative
+        to `image_root`."""
+        return self.root / f"{split}_index.csv"
+
+    def train_index(self) -> pd.DataFrame:
+        return _read_index(self.index_path("train"), self.name)
+
+    def test_index(self) -> pd.DataFrame:
+        return _read_index(self.index_path("test"), self.name)
+
+    @property
+    def image_root(self) -> Path:
+        """Where the index's image paths start: `source_root`, or `root` for images kit made
+        itself (pixels given as CSV columns, written once as PNGs under `root/pixels/`)."""
+        return self.root if self.meta().get("image_root") == "kit" else self.source_root
 
     def folds(self) -> pd.DataFrame:
-        """folds.csv as DataFrame Id (str), label (str), fold (int)."""
-        if not self.folds_path.exists():
-            raise KitError(f"{self.folds_path}: missing; rerun `kit fetch {self.name}`")
-        return pd.read_csv(self.folds_path, dtype={"Id": str, "label": str, "fold": int},
-                           keep_default_na=False)
+        """folds.csv as DataFrame Id (str), label (str), fold (int), checked against what
+        `kit fetch` recorded (its sha256 in competition.json) and against the class list."""
+        path, meta = self.folds_path, self.meta()
+        if not path.exists():
+            raise KitError(f"{path}: missing; rerun `kit fetch {self.name}`")
+        rec = meta.get("folds") or {}
+        refold = (f"`kit fetch {self.name} --refold --folds {rec.get('k')} --seed {rec.get('seed')}`"
+                  if rec.get("k") else f"`kit fetch {self.name} --refold`")
+        if rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+            raise KitError(f"{path}: changed since kit fetch wrote it (sha256 differs from "
+                           f"{self.meta_path.name}); remake it with {refold}")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        if list(df.columns) != ["Id", "label", "fold"]:
+            raise KitError(f"{path}: columns {list(df.columns)}, expected Id,label,fold; "
+                           f"remake it with {refold}")
+        fold = pd.to_numeric(df["fold"], errors="coerce")
+        bad = fold.isna() | (fold != fold.round())
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise KitError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]!r} is not an integer; "
+                           f"remake it with {refold}")
+        classes = set(meta.get("classes") or [])
+        # multilabel: label is the space-joined set of class values (docs/design.md sec. 1)
+        unknown = df["label"].map(lambda v: v not in classes and not set(v.split()) <= classes)
+        if classes and unknown.any():
+            i = int(unknown.to_numpy().argmax())
+            raise KitError(f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} is not a class of "
+                           f"{self.meta_path} ({len(classes)} classes); refetch with "
+                           f"`kit fetch {self.name} --force`")
+        if df["Id"].duplicated().any():
+            dup = df.loc[df["Id"].duplicated(), "Id"].iloc[0]
+            raise KitError(f"{path}: Id {dup} appears more than once; remake it with {refold}")
+        return df.assign(fold=fold.astype(int))
 
     def sample_submission(self) -> pd.DataFrame:
         """sample_submission.csv with the id column as str."""
         m = self.meta()
-        return pd.read_csv(self.root / m["sample_submission"], dtype={m["id_col"]: str},
+        return pd.read_csv(self.source_root / m["sample_submission"], dtype={m["id_col"]: str},
                            keep_default_na=False)
 
     def test_ids(self) -> list[str]:
         """Test Ids in sample_submission order."""
+        if "index" in self.meta():
+            return self.test_index()["Id"].tolist()
         return self.sample_submission()[self.meta()["id_col"]].tolist()
 
     def image_path(self, split: str, image_id: str) -> Path:
         """Path of one image: `split` is 'train' or 'test'."""
         m = self.meta()
-        return self.root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+        if "index" not in m:
+            return self.source_root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+        path = self.index_path(split)
+        st = path.stat()
+        hit = _INDEX_CACHE.get(path)
+        if hit is None or hit[0] != (st.st_mtime_ns, st.st_size):
+            df = _read_index(path, self.name)
+            hit = _INDEX_CACHE[path] = ((st.st_mtime_ns, st.st_size),
+                                        dict(zip(df["Id"], df["path"], strict=True)))
+        if image_id not in hit[1]:
+            raise KitError(f"{path}: no {split} image with Id {image_id}")
+        return self.image_root / hit[1][image_id]
+
+    def image_paths(self, split: str) -> list[Path]:
+        """Paths of a split's images, in the split's Id order (see `index_path`)."""
+        root = self.image_root
+        return [root / p for p in _read_index(self.index_path(split), self.name)["path"]]
+
+
+_INDEX_CACHE: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}
+
+
+def _read_index(path: Path, name: str) -> pd.DataFrame:
+    if not path.exists():
+        raise KitError(f"{path}: missing; rerun `kit fetch {name} --force`")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 # ----------------------------------------------------------------------------- runs
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=@,-]{0,127}")
+
+
+def check_run_name(name: str, option: str = "--name") -> str:
+    """`name` if it is one plain path component (letters, digits, `._+=@,-`, not starting with '.',
+    at most 128 characters); else a KitError. A run name becomes `runs/<name>/`, and kit deletes
+    files inside a run folder, so '.', '..', '../x', '/abs', 'a/b' and hidden names are refused."""
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
+        raise KitError(f"{option} {name!r}: not a plain run name; use one folder name of letters, "
+                       "digits and ._+=@,- (not starting with '.'), e.g. --name resnet_a")
+    return name
+
+
+def run_kind(root: Path) -> str | None:
+    """Which command made the folder `root`: "train" (recipe.yaml, or summary.json kind train),
+    "blend" (summary.json kind blend), or None (absent, empty, or not a kit run folder)."""
+    root = Path(root)
+    summary = root / "summary.json"
+    if summary.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            kind = json.loads(summary.read_text()).get("kind")
+            if kind in ("train", "blend"):
+                return kind
+    return "train" if (root / "recipe.yaml").is_file() else None
+
+
+def disk_full(e: BaseException, where: Path | str, doing: str) -> KitError | None:
+    """A one-line KitError for an OSError ENOSPC anywhere in `e`'s chain, else None."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return KitError(f"{where}: disk full while {doing}; free some space and rerun "
+                            "(finished files are kept; half-written ones were discarded)")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _prob_frame(path: Path, classes: list[str] | None, extra: tuple[str, ...]) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Shared test setup. Fixtures live in per-area modules (fx_*.py), imported here."""
+"""Shared test setup. Fixtures live in per-area modules (fx_*.py), registered as pytest plugins
+(pytest's own mechanism: a missing or broken fixture module is an error, never a silent skip)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 # Tests stay small and deterministic on a 2-core CPU.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+pytest_plugins = ["tests.fx_data", "tests.fx_kaggle", "tests.fx_train"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COMPS = REPO.parent / "shared" / "competitions"
 
@@ -17,10 +20,3 @@ requires_shared = pytest.mark.skipif(
     not (SHARED_COMPS / "animals15.zip").exists(),
     reason=f"{SHARED_COMPS} absent (e.g. on a GitHub runner): real-competition tests skipped",
 )
-
-for _mod in ("fx_data", "fx_kaggle", "fx_train"):
-    try:
-        exec(f"from tests.{_mod} import *")  # noqa: S102 - each area owns its fixtures module
-    except ModuleNotFoundError as _e:
-        if _e.name != f"tests.{_mod}":
-            raise

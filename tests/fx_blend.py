@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit.report import oof_scores
+from kaggle_kit.metrics import oof_scores
 from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv, write_json
 
 ANIMALS = ["bear", "dolphin", "eagle", "leopard", "shark"]
@@ -26,17 +26,19 @@ def make_comp(data_dir: Path, name: str = "toy", classes: list[str] = ANIMALS, n
     root.mkdir(parents=True, exist_ok=True)
     ids = [f"{i:05d}" for i in range(n_train)]  # leading zeros: Ids must stay str
     labels = [classes[i % len(classes)] for i in rng.permutation(n_train)]
-    write_csv(root / "train.csv", pd.DataFrame({"id": ids, "label": labels}))
+    write_csv(root / "files" / "train.csv", pd.DataFrame({"id": ids, "label": labels}))
     fold = np.zeros(n_train, dtype=int)
     for c in classes:  # stratified: within each class, folds 0..k-1 in turn
         idx = [i for i, lab in enumerate(labels) if lab == c]
         fold[idx] = np.arange(len(idx)) % k
     write_csv(root / "folds.csv", pd.DataFrame({"Id": ids, "label": labels, "fold": fold}))
     test_ids = [f"t{i:04d}" for i in range(n_test)]
-    write_csv(root / "sample_submission.csv", pd.DataFrame({"id": test_ids, "label": classes[0]}))
+    write_csv(root / "files" / "sample_submission.csv",
+              pd.DataFrame({"id": test_ids, "label": classes[0]}))
     comp = CompetitionDir(root)
     comp.write_meta({
-        "name": name, "id_col": "id", "label_col": "label", "labels_csv": "train.csv",
+        "name": name, "source": "files", "id_col": "id", "label_col": "label",
+        "labels_csv": "train.csv",
         "train_dir": "train", "test_dir": "test", "ext": ".png",
         "sample_submission": "sample_submission.csv", "submission_columns": ["id", "label"],
         "classes": sorted(classes), "n_train": n_train, "n_test": n_test,

@@ -40,19 +40,19 @@ TINY_SOLUTION = ["cat", "dog", "fox", "dog", "cat", "fox"]
 
 
 def write_tiny_comp(data_dir: Path, name: str = "tiny", probs: bool = False) -> CompetitionDir:
-    """data_dir/<name>/ with competition.json (COMMON.md schema) and sample_submission.csv.
+    """data_dir/<name>/ with competition.json (schema: docs/design.md section 1) and sample_submission.csv.
 
     probs=True makes the sample ask for one probability column per class instead of a label.
     """
     root = Path(data_dir) / name
-    root.mkdir(parents=True, exist_ok=True)
+    (root / "files").mkdir(parents=True, exist_ok=True)  # Kaggle's files, apart from kit's
     cols = ["Id", *TINY_CLASSES] if probs else ["Id", "Category"]
     sample = pd.DataFrame({"Id": TINY_IDS})
     for c in cols[1:]:
         sample[c] = 0.0 if probs else "cat"
-    sample.to_csv(root / "sample_submission.csv", index=False)
+    sample.to_csv(root / "files" / "sample_submission.csv", index=False)
     write_json(root / "competition.json", {
-        "name": name, "id_col": "Id", "label_col": "Category", "labels_csv": "train.csv",
+        "name": name, "source": "files", "id_col": "Id", "label_col": "Category", "labels_csv": "train.csv",
         "train_dir": "train", "test_dir": "test", "ext": ".png",
         "sample_submission": "sample_submission.csv", "submission_columns": cols,
         "classes": TINY_CLASSES, "n_train": 0, "n_test": len(TINY_IDS),

@@ -17,7 +17,8 @@ TINY = ["competition=demo", "data.limit=96", "data.image_size=16", "train.batch_
 
 @pytest.fixture()
 def train_tiny(demo_data_dir: Path, tmp_path: Path):
-    """train_tiny(recipe_stem, *overrides, name=..., resume=False, force=False) -> summary dict.
+    """train_tiny(recipe_stem, *overrides, name=..., resume=False, force=False, on_epoch=None)
+    -> summary dict (on_epoch: kaggle_kit.train.run's per-epoch callback).
     Runs go to tmp_path/runs/<name>; the demo competition is the session's shared one.
     One torch thread: tiny batches on a shared 2-core CPU run several times faster that way."""
     import torch
@@ -28,9 +29,10 @@ def train_tiny(demo_data_dir: Path, tmp_path: Path):
     torch.set_num_threads(1)
 
     def _run(stem: str = "demo", *overrides: str, name: str = "r", resume: bool = False,
-             force: bool = False) -> dict:
+             force: bool = False, on_epoch=None) -> dict:
         return run(RECIPES / f"{stem}.yaml", [*TINY, *overrides], name=name,
-                   runs_dir=tmp_path / "runs", data_dir=demo_data_dir, resume=resume, force=force)
+                   runs_dir=tmp_path / "runs", data_dir=demo_data_dir, resume=resume, force=force,
+                   on_epoch=on_epoch)
 
     _run.runs_dir = tmp_path / "runs"
     yield _run

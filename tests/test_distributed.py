@@ -73,7 +73,7 @@ def test_max_minutes_follows_rank0_clock_and_lines_print_once(demo_data_dir: Pat
     done = json.loads((tmp_path / "r" / "fold0" / "done.json").read_text())
     assert done["stopped_early"] is False
     for epoch in (1, 2, 3):
-        assert out.count(f" fold0 {epoch}/3 train ") == 1, out[-3000:]
+        assert out.count(f" fold0 {epoch}/3 ") == 1, out[-3000:]
     assert out.count("CV accuracy") == 1, out[-3000:]
 
 

@@ -76,7 +76,7 @@ def _check_shared(data_dir: Path, name: str, n_classes: int, layout: tuple) -> N
     assert len(m["classes"]) == n_classes and m["classes"] == sorted(m["classes"])
     assert (m["n_train"], m["n_test"]) == (7200, 1800)
     assert m["image_sizes"] == {"32x32": 9000}
-    assert len(m["files"]) == 9002 and sha256_file(comp.root / "train.csv") == m["files"]["train.csv"]
+    assert len(m["files"]) == 9002 and sha256_file(comp.source_root / "train.csv") == m["files"]["train.csv"]
     folds = comp.folds()
     assert sha256_file(comp.folds_path) == m["folds"]["sha256"]
     assert m["folds"]["k"] == 4 and folds["fold"].value_counts().tolist() == [1800] * 4
@@ -263,20 +263,24 @@ def test_mixed_sizes_warn_with_histogram_and_skip_the_native_cache(tmp_path):
     assert "train/3.png: unreadable or truncated" in fetch_error(src, tmp_path / "d2", n_folds=2)
 
 
-def test_class_with_fewer_images_than_folds(tmp_path):
-    src = make_comp(tmp_path / "src", per_class=4)
+def test_class_with_fewer_images_than_folds_gets_fold_minus_one(tmp_path):
+    src = make_comp(tmp_path / "src", classes=("cat", "dog", "fox"), per_class=4)
     df = pd.read_csv(src / "train.csv", dtype=str)
-    df.drop(index=0).to_csv(src / "train.csv", index=False)  # cat: 3 images, dog: 4
-    (src / "train" / "1.png").unlink()
-    msg = fetch_error(src, tmp_path / "data", n_folds=4)
-    assert "train.csv: class 'cat' has 3 images, fewer than --folds 4; pass --folds 3" in msg
+    fox = df.index[df["Category"] == "fox"]
+    df.drop(index=fox[1:]).to_csv(src / "train.csv", index=False)  # fox: 1 image
+    out = fetch("toy", data_dir=tmp_path / "data", source=src, n_folds=4)
+    assert "1 images of 1 classes with fewer than 4 images get fold -1" in out["warnings"][-1]
+    folds = CompetitionDir.open(tmp_path / "data", "toy").folds()
+    assert folds.loc[folds["label"] == "fox", "fold"].tolist() == [-1]
+    assert sorted(folds.loc[folds["label"] != "fox", "fold"]) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 # ----------------------------------------------------------------------------- idempotency + folds
 
 
 def test_refold_rules_and_force(tmp_path):
-    src, data = make_comp(tmp_path / "src", per_class=6), tmp_path / "data"
+    src = zip_dir(make_comp(tmp_path / "src", per_class=6), tmp_path / "toy.zip")
+    data = tmp_path / "data"
     fetch("toy", data_dir=data, source=src, n_folds=3, seed=1)
     comp = CompetitionDir.open(data, "toy")
     folds_before = comp.folds_path.read_bytes()
@@ -290,13 +294,13 @@ def test_refold_rules_and_force(tmp_path):
     assert (f["k"], f["seed"], f["sha256"]) == (2, 5, sha256_file(comp.folds_path))
     assert sorted(comp.folds()["fold"].unique()) == [0, 1]
     assert fetch("toy", data_dir=data, n_folds=2, seed=5)["status"].startswith("no-op")
-    (comp.root / "train" / "4.png").unlink()  # damage -> verify fails, --force refetches
+    (comp.root / "files" / "train" / "4.png").unlink()  # damage -> verify fails, --force refetches
     with pytest.raises(KitError, match="train/4.png: missing or changed since fetch.*--force"):
         fetch("toy", data_dir=data, n_folds=2, seed=5)
     with pytest.raises(KitError, match="made with --folds 2 --seed 5; pass those again, or --refold"):
         fetch("toy", data_dir=data, source=src, force=True)  # --force alone keeps the folds
     out = fetch("toy", data_dir=data, source=src, n_folds=2, seed=5, force=True)
-    assert out["status"] == "fetched" and (comp.root / "train" / "4.png").exists()
+    assert out["status"] == "fetched" and (comp.source_root / "train" / "4.png").exists()
     assert sorted(p.name for p in data.iterdir()) == ["toy"]
 
 
@@ -315,6 +319,70 @@ def test_folder_without_competition_json_needs_force(tmp_path):
     (tmp_path / "data" / "toy" / "notes.txt").write_text("mine")
     with pytest.raises(KitError, match="no competition.json; pass --force"):
         fetch("toy", data_dir=tmp_path / "data", source=make_comp(tmp_path / "src"))
+
+
+# ----------------------------------------------------------------------------- kit's files apart
+
+
+def test_zip_shipping_kit_named_files_fetches_and_verifies_again(tmp_path):
+    src = make_comp(tmp_path / "src")
+    (src / "folds.csv").write_text("Id,label,fold\nshipped,by,kaggle\n")
+    (src / "competition.json").write_text('{"shipped": true}')
+    (src / "cache").mkdir()
+    (src / "cache" / "notes.txt").write_text("shipped")
+    zip_path = zip_dir(src, tmp_path / "toy.zip")
+    data = tmp_path / "data"
+    fetch("toy", data_dir=data, source=zip_path, n_folds=2)
+    comp = CompetitionDir.open(data, "toy")
+    assert (comp.source_root / "folds.csv").read_text() == (src / "folds.csv").read_text()
+    assert comp.meta()["files"]["folds.csv"] == sha256_file(src / "folds.csv")
+    assert len(comp.folds()) == 8 and comp.meta()["source"] == "files"
+    assert sorted(p.name for p in comp.root.iterdir()) == [
+        "cache", "competition.json", "files", "folds.csv", "test_index.csv", "train_index.csv"]
+    assert fetch("toy", data_dir=data, source=zip_path, n_folds=2)["status"].startswith("no-op")
+
+
+def test_read_only_folder_is_read_in_place(tmp_path):
+    src = make_comp(tmp_path / "input" / "toy")  # /kaggle/input/<comp>/ nests the files once
+    for p in [*tmp_path.joinpath("input").rglob("*"), tmp_path / "input"]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    data = tmp_path / "data"
+    try:
+        out = fetch("toy", data_dir=data, source=tmp_path / "input", n_folds=2)
+        comp = CompetitionDir.open(data, "toy")
+        m = comp.meta()
+        assert out["source"] == str(src) and m["source"] == str(src) == str(comp.source_root)
+        assert sorted(p.name for p in comp.root.iterdir()) == [  # nothing copied
+            "cache", "competition.json", "folds.csv", "test_index.csv", "train_index.csv"]
+        st = (src / "train.csv").stat()
+        assert m["file_check"] == "stat" and m["files"]["train.csv"] == f"{st.st_size}:{st.st_mtime_ns}"
+        assert comp.image_path("train", "3") == src / "train" / "3.png"
+        assert fetch("toy", data_dir=data, source=tmp_path / "input", n_folds=2)["status"].startswith("no-op")
+        with pytest.raises(KitError, match="differs from the folder toy was fetched from"):
+            fetch("toy", data_dir=data, source=make_comp(tmp_path / "other"), n_folds=2)
+        (src / "train").chmod(0o755)
+        (src / "train" / "3.png").chmod(0o644)
+        write_image(src / "train" / "3.png", 200)  # the input changed under us: size/mtime differ
+        with pytest.raises(KitError, match="train/3.png: missing or changed since fetch"):
+            fetch("toy", data_dir=data, n_folds=2)
+    finally:
+        for p in tmp_path.joinpath("input").rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def test_data_dir_of_the_old_layout_asks_for_force(tmp_path):
+    data = tmp_path / "data"
+    fetch("toy", data_dir=data, source=zip_dir(make_comp(tmp_path / "src"), tmp_path / "t.zip"),
+          n_folds=2)
+    comp = CompetitionDir.open(data, "toy")
+    meta = comp.meta()
+    del meta["source"], meta["index"]  # an older kit's: Kaggle's files beside competition.json
+    comp.write_meta(meta)
+    for call in (lambda: fetch("toy", data_dir=data, n_folds=2), lambda: comp.labels()):
+        with pytest.raises(KitError, match="fetched by an older kit .*`kit fetch toy --force`"):
+            call()
+    out = fetch("toy", data_dir=data, source=tmp_path / "t.zip", n_folds=2, force=True)
+    assert out["status"] == "fetched" and CompetitionDir(comp.root).meta()["source"] == "files"
 
 
 # ----------------------------------------------------------------------------- safe unzip

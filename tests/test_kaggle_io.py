@@ -164,6 +164,7 @@ def test_kit_fetch_errors_one_line_and_key_never_printed(kaggle_double, tmp_path
     assert expected in out.stderr
     assert TEST_KEY not in out.stdout + out.stderr
     assert not (tmp_path / "data" / comp).exists()  # nothing half-written
+    assert not (tmp_path / "data" / ".downloads").exists()  # nor an empty downloads folder
 
 
 def test_key_never_printed_in_a_traceback(kaggle_double, tmp_path):
@@ -191,7 +192,6 @@ def _kit(*args: str):
 def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
     """`kit fetch digits` downloads with the real client through a dropped connection; a rerun is
     a no-op; a run predicting the hidden labels then scores 1.0 through `kit submit`."""
-    pytest.importorskip("kaggle_kit.demo_data")
     data = tmp_path / "data"
     kaggle_double.cut_downloads(1)  # the client's own retry (~2 s later) resumes it
     result = _kit("fetch", "digits", "--data-dir", str(data))

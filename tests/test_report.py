@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from kaggle_kit import KitError
-from kaggle_kit.report import oof_scores, report, write_run_plots
+from kaggle_kit.metrics import oof_scores
+from kaggle_kit.plots import write_run_plots
+from kaggle_kit.report import report
 from tests.fx_blend import make_comp, make_run, member_probs
 
 
@@ -84,8 +86,9 @@ def test_report_against_side_by_side(tmp_path):
 
 
 def test_suggested_block_is_a_valid_recipe_augment_section(tmp_path):
-    recipe = pytest.importorskip("kaggle_kit.recipe")
     import yaml
+
+    from kaggle_kit import augment, recipe
 
     comp = make_comp(tmp_path / "data")
     run = make_run(tmp_path / "runs", "r1", comp, signal=1.0)
@@ -94,7 +97,6 @@ def test_suggested_block_is_a_valid_recipe_augment_section(tmp_path):
     aug = recipe.Augment(**block["augment"])
     assert aug.targeted.classes and set(aug.targeted.classes) <= set(comp.classes)
     assert len(aug.targeted.transforms) >= 2
-    augment = pytest.importorskip("kaggle_kit.augment")
     pipe = augment.build_transform(aug.targeted.transforms, seed=0)  # real albumentations
     assert pipe(image=np.zeros((32, 32, 3), np.uint8))["image"].shape == (32, 32, 3)
 

@@ -127,7 +127,7 @@ def test_submit_run_success_with_score_and_ledger(kaggle_double, tiny_run, ws):
         "tiny-run", "greedy", "tiny", "first try")
     assert row["sha256"] == sha256_file(row["file"]) and Path(row["file"]).parent == ws["submissions_dir"]
     table = show_ledger(ws["submissions_dir"])
-    assert re.search(r"tiny-run\s+greedy\s+0\.75000\s+0\.83333\s+\+0\.0833\s+complete", table)
+    assert re.search(r"tiny-run\s+greedy\s+accuracy\s+0\.75000\s+0\.83333\s+\+0\.0833\s+complete", table)
 
 
 def test_submit_csv_infers_run_and_competition(kaggle_double, tiny_comp, tiny_run, ws):

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
+import yaml
 
 from kaggle_kit import KitError
 from kaggle_kit.workspace import CompetitionDir, RunDir
@@ -50,23 +50,34 @@ def test_demo_run_writes_the_whole_contract(train_tiny, demo_data_dir: Path) -> 
     assert "epochs: 2" in run.recipe_path.read_text()
 
 
-def test_same_seed_same_oof_and_resume_equals_uninterrupted(train_tiny, monkeypatch) -> None:
+class Killed(Exception):
+    """Raised by _kill_after's callback: the run stops as if the process had been killed."""
+
+
+def _kill_after(n_epochs: int):
+    """A train.run on_epoch callback raising Killed after n_epochs epochs (checkpoint written)."""
+    seen = []
+
+    def on_epoch(name: str, row: dict) -> None:
+        seen.append((name, row["epoch"]))
+        if len(seen) >= n_epochs:
+            raise Killed(f"stopped after {seen}")
+
+    return on_epoch
+
+
+def test_same_seed_same_oof_and_resume_equals_uninterrupted(train_tiny) -> None:
     few = ["cv.folds=[0,1]", "train.ema=0.9", "train.checkpoint=best", "tta.views=[orig,hflip]",
            "model.drop_rate=0.2"]
     train_tiny("demo", *few, name="a")
     train_tiny("demo", *few, name="b")
     a = (train_tiny.runs_dir / "a" / "oof.csv").read_bytes()
     assert a == (train_tiny.runs_dir / "b" / "oof.csv").read_bytes()  # determinism on CPU
-    from kaggle_kit import train
-
-    monkeypatch.setenv(train.STOP_ENV, "3")  # "kill" after fold0 (2 epochs) + 1 epoch of fold1
-    monkeypatch.setattr(train, "_EPOCHS_THIS_PROCESS", 0)
-    with pytest.raises(train.SimulatedKill):
-        train_tiny("demo", *few, name="c")
+    with pytest.raises(Killed):  # "kill" after fold0 (2 epochs) + 1 epoch of fold1
+        train_tiny("demo", *few, name="c", on_epoch=_kill_after(3))
     c = train_tiny.runs_dir / "c"
     assert (c / "fold0" / "done.json").exists() and (c / "fold1" / "state.pt").exists()
     assert not (c / "oof.csv").exists()
-    monkeypatch.delenv(train.STOP_ENV)
     train_tiny("demo", *few, name="c", resume=True)
     assert (c / "oof.csv").read_bytes() == a
     assert (c / "test.csv").read_bytes() == (train_tiny.runs_dir / "a" / "test.csv").read_bytes()
@@ -85,29 +96,16 @@ def test_same_seed_same_oof_and_resume_equals_uninterrupted(train_tiny, monkeypa
                  marks=pytest.mark.slow),
 ])
 def test_each_shipped_recipe_runs_one_epoch(train_tiny, stem: str, extra: list[str]) -> None:
+    """Smoke test: each shipped recipe validates and trains (its features: test_loop_features)."""
     summary = train_tiny(stem, "train.epochs=1", "cv.folds=[0]", "data.limit=48", *extra)
-    assert summary["per_fold"][0]["fold"] == 0 and 0 <= summary["cv"]["accuracy"] <= 1
+    assert [f["fold"] for f in summary["per_fold"]] == [0]
+    oof = RunDir(train_tiny.runs_dir / "r").read_oof()
+    assert len(oof) == 12 and oof["fold"].eq(0).all()  # data.limit=48: 12 per fold
+    saved = torch.load(train_tiny.runs_dir / "r" / "fold0" / "model.pt", weights_only=False)
+    recipe = yaml.safe_load((RECIPES / f"{stem}.yaml").read_text())
+    assert saved["config"]["model"]["name"] == recipe["model"]["name"]
     if stem == "resnet_fast_targeted":
         assert summary["targeted"]["classes"] == ["three", "eight"]
-
-
-def test_refit_and_test_from_both(train_tiny) -> None:
-    s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "cv.refit=2", "cv.test_from=both",
-                   "train.mixup=0.2", "train.cutmix=1.0", "train.grad_accum=2")
-    assert s["test_members"] == ["fold0", "refit0", "refit1"]
-    run = train_tiny.runs_dir / "r"
-    rows = [json.loads(x) for x in (run / "refit1" / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["val_loss"] is None and rows[0]["train_loss"] > 0
-    members = [pd.read_csv(run / m / "test.csv", dtype={"Id": str}).set_index("Id")
-               for m in s["test_members"]]
-    test = pd.read_csv(run / "test.csv", dtype={"Id": str}).set_index("Id")
-    assert (test - sum(members) / 3).abs().to_numpy().max() < 1e-6
-
-
-def test_max_minutes_stops_a_model_early(train_tiny) -> None:
-    s = train_tiny("demo", "train.epochs=3", "cv.folds=[0]", "train.max_minutes=0.000001")
-    assert s["timings"]["models"]["fold0"]["stopped_early"] == 1
-    assert len((train_tiny.runs_dir / "r" / "fold0" / "metrics.jsonl").read_text().splitlines()) == 1
 
 
 def test_targeted_auto_from_an_earlier_run(train_tiny) -> None:
@@ -126,7 +124,7 @@ def test_pretrained_file_offline(train_tiny, tmp_path: Path) -> None:
     torch.save(net.state_dict(), tmp_path / "w.pth")
     s = train_tiny("demo", "train.epochs=1", "cv.folds=[0]", "model.name=kit_resnet9",
                    f"model.pretrained_file={tmp_path / 'w.pth'}")
-    assert s["cv"]["accuracy"] >= 0
+    assert [f["fold"] for f in s["per_fold"]] == [0]  # what the weights do: test_loop_features
     saved = torch.load(train_tiny.runs_dir / "r" / "fold0" / "model.pt", weights_only=False)
     assert saved["config"]["model"]["pretrained_file"] == str(tmp_path / "w.pth")
 
