@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit import KitError
-from kaggle_kit import metrics
+from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.plots import write_run_plots
 from kaggle_kit.workspace import (CompetitionDir, RunDir, check_run_name, disk_full, run_kind,

@@ -117,6 +117,34 @@ def train(
 
 @app.command()
 @kit_errors
+def estimate(
+    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/effnet_lite0.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides, as for kit train.")] = None,
+    holdout_fold: Annotated[int | None, typer.Option("--holdout-fold", metavar="K", help="Fold held out as the test set (default: the last).")] = None,
+    name: Annotated[str | None, typer.Option("--name", metavar="RUN", help="Run name; the estimate run is <RUN>-ho<K>.")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an earlier estimate run of another recipe.")] = False,
+) -> None:
+    """Score exactly what the recipe's test.csv holds: hold one fold out as a labelled test set,
+    run the same recipe on the rest, score its test.csv there (costs one more run)."""
+    from kaggle_kit.estimate import estimate as do_estimate
+
+    r = do_estimate(recipe, overrides or [], holdout_fold=holdout_fold, name=name,
+                    runs_dir=runs_dir, data_dir=data_dir, force=force)
+    scores = "  ".join(f"{m} {v:.4f}" for m, v in r["holdout"].items())
+    cv = r["cv_shown"]
+    typer.echo(f"estimate of {r['recipe']} (test.csv from {r['test_from']}): {scores} on "
+               f"{r['n_holdout']} held-out images of fold {r['holdout_fold']}; trained on "
+               f"{r['trained_on']} (the full run sees all: expect it a little higher)")
+    typer.echo(f"  the same run's CV ({cv.get('what', 'OOF of the fold models')}): "
+               + "  ".join(f"{m} {v:.4f}" for m, v in cv.items() if isinstance(v, float)
+                           and not m.endswith("_std")))
+    typer.echo(f"  run folder: {runs_dir / r['run']} (estimate.json)")
+
+
+@app.command()
+@kit_errors
 def recipes(
     folder: Annotated[Path, typer.Option(metavar="DIR", help="Folder of recipes.")] = Path("recipes"),
 ) -> None:
@@ -202,6 +230,61 @@ def demo(
     from kaggle_kit.demo import run_demo
 
     _print(run_demo(workdir, epochs=epochs))
+
+
+@app.command()
+@kit_errors
+def predict(
+    source: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder (runs/x, train or blend) or a kit export folder.")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="A folder of images, a CSV of Ids (e.g. sample_submission.csv), or a fetched competition (its test split).")],
+    out: Annotated[Path, typer.Option("--out", metavar="CSV", help="The submission CSV to write.")] = Path("submission.csv"),
+    probs: Annotated[Path | None, typer.Option("--probs", metavar="CSV", help="Also write the probabilities (test.csv format).")] = None,
+    image_dir: Annotated[Path | None, typer.Option("--image-dir", metavar="DIR", help="Folder of the CSV's images (default: the competition's test folder next to the CSV).")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images decoded and predicted at a time.")] = 256,
+    data_dir: DataDir = Path("data"),
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """Predict new images with a run's models exactly as its test.csv was made (preprocessing,
+    TTA views, folds/refit, blend weights) and write a validated submission."""
+    from kaggle_kit.predict import predict as do_predict
+
+    r = do_predict(source, images, out=out, probs_out=probs, image_dir=image_dir,
+                   batch_size=batch_size, data_dir=data_dir, runs_dir=runs_dir)
+    typer.echo(f"{r['n_images']} images predicted: submission {r['out']}"
+               + (f", probabilities {r['probs_out']}" if r["probs_out"] else ""))
+
+
+@app.command()
+@kit_errors
+def export(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder (train or blend).")],
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Export folder (default: exports/<run>).")] = None,
+    data_dir: DataDir = Path("data"),
+    runs_dir: RunsDir = Path("runs"),
+) -> None:
+    """A self-contained folder to upload as a Kaggle dataset: safetensors weights, recipes,
+    classes, submission format, blend weights, kit's wheel, manifest and notebook cells."""
+    from kaggle_kit.export import export as do_export
+
+    r = do_export(run, out, data_dir=data_dir, runs_dir=runs_dir)
+    typer.echo(f"export {r['out']}: {r['files']} files, {r['bytes'] / 1e6:.1f} MB in "
+               f"{r['seconds']} s; notebook cells: {r['out'] / 'README.md'}")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kaggle_kit import __version__
+
+        typer.echo(f"kit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print kit's version and exit.")] = False,
+) -> None:
+    """Kaggle image-classification toolkit: fetch -> train -> blend -> submit."""
 
 
 class _Command(typer.core.TyperCommand):

@@ -308,7 +308,7 @@ def file_stamp(path: Path, check: str) -> str:
 
 def _build_caches(comp: CompetitionDir) -> dict:
     """Native caches for train and test ({"train_native": info, ...}); decodes only if missing."""
-    from kaggle_kit.images import build_cache
+    from kaggle_kit.cache import build_cache  # not images: that imports torch
 
     cache = {}
     for split in ("train", "test"):  # full check: re-hashes the cache against its build record

@@ -201,7 +201,7 @@ def _check_labels(layout: dict, train: pd.DataFrame) -> None:
 
 def decode_all(paths: list[Path]) -> None:
     """Decode every image once (and drop it): finds truncated files when no cache is built."""
-    from kaggle_kit.images import decode_image
+    from kaggle_kit.decode import decode_image
 
     for path in paths:
         decode_image(path)

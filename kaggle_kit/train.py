@@ -25,6 +25,7 @@ runfiles.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -193,8 +194,6 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
 def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, epoch):
     """One pass over this rank's slice of the epoch's batches.
     Returns (mean train loss, train accuracy, images seen by all ranks, seconds)."""
-    import contextlib
-
     import torch
 
     from kaggle_kit import augment, images
@@ -261,7 +260,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment, images
+    from kaggle_kit import images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -275,11 +274,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
         if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
         for xb in xs:
-            x = _to_input(ctx, xb)
-            with acc.autocast():
-                ps = [targets.probabilities(net(v).float(), ctx.task)
-                      for v in augment.tta_views(x, views)]
-            probs.append(torch.stack(ps).mean(0))
+            probs.append(predict_batch(net, xb, ctx.mean, ctx.std, ctx.img_size,
+                                       ctx.rec.train.channels_last, views, ctx.task, acc.autocast))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
     p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
@@ -311,6 +307,22 @@ def to_input(xb, mean, std, img_size: int, channels_last: bool):
                                             mode="bilinear", align_corners=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
+
+
+def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
+                  task: str, autocast=contextlib.nullcontext):
+    """(B,C) probabilities (targets.probabilities of `task`) of a (B,H,W,3) uint8 batch on net's
+    device, averaged over the TTA `views`; the net runs under `autocast()` (the run's mixed
+    precision). The one test-time path: validation (OOF) and test.csv here, and `kit predict`
+    (predict.py). Call under no_grad."""
+    import torch
+
+    from kaggle_kit import augment
+
+    x = to_input(xb, mean, std, img_size, channels_last)
+    with autocast():
+        ps = [targets.probabilities(net(v).float(), task) for v in augment.tta_views(x, views)]
+    return torch.stack(ps).mean(0)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:
