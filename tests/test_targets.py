@@ -12,7 +12,7 @@ from kaggle_kit import KitError, metrics
 from kaggle_kit.blend import blend
 from kaggle_kit.report import report
 from kaggle_kit.submit import SUBMIT_CLIP, build_submission, validate_submission
-from kaggle_kit.workspace import RunDir
+from kaggle_kit.workspace import CompetitionDir, RunDir
 from tests.conftest import REPO
 from tests.fx_blend import make_run, member_probs
 from tests.fx_targets import make_target_comp
@@ -284,3 +284,22 @@ def test_multilabel_blend_keeps_independent_probabilities(tmp_path):
     assert not np.allclose(blended.sum(1), 1.0)  # never renormalised like a softmax
     (sub,) = (tmp_path / "subs").glob("*.csv")
     assert list(pd.read_csv(sub).columns) == ["id", "a", "b", "c"]
+
+
+def test_humpback_layout_map5_cv_and_single_image_whales_never_oof(train, tmp_path):
+    """The real humpback layout (tests/fx_comps.py, fetched with no flags): MAP@5 is the CV, the
+    whales with one image (fold -1) train in every fold and are not in oof.csv."""
+    from kaggle_kit.fetch import fetch
+    from tests import fx_comps
+
+    slug = "humpback-whale-identification"
+    fetch(slug, data_dir=tmp_path / "data", source=fx_comps.humpback(tmp_path / "zips"), n_folds=2)
+    s = train(slug, "train.batch_size=4")
+    run = RunDir(tmp_path / "runs" / "r")
+    comp = CompetitionDir.open(tmp_path / "data", slug)
+    never = set(comp.folds().query("fold == -1")["Id"])
+    assert s["metric"] == "map@5" and s["n_never_oof"] == len(never) == 2
+    assert not never & set(run.read_oof().index)
+    assert s["cv"]["map@5"] == pytest.approx(_scored(run, comp, "map@5", "multiclass"))
+    sub = build_submission(run, comp)
+    assert sub["Id"].str.split().map(len).eq(5).all()
