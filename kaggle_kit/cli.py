@@ -6,6 +6,7 @@ and works with no Kaggle credentials and no network.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def kit_errors(fn):
             return fn(*args, **kwargs)
         except KitError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # a full disk in a command that has no message of its own
+            if e.errno != errno.ENOSPC:
+                raise
+            typer.secho(f"error: disk full{f' writing {e.filename}' if e.filename else ''}; free "
+                        "some space and rerun", fg="red", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.secho("interrupted", fg="yellow", err=True)
