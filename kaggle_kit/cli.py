@@ -6,6 +6,7 @@ and works with no Kaggle credentials and no network.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def kit_errors(fn):
             return fn(*args, **kwargs)
         except KitError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # a full disk in a command that has no message of its own
+            if e.errno != errno.ENOSPC:
+                raise
+            typer.secho(f"error: disk full{f' writing {e.filename}' if e.filename else ''}; free "
+                        "some space and rerun", fg="red", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.secho("interrupted", fg="yellow", err=True)
@@ -229,12 +236,12 @@ def demo(
 @app.command()
 @kit_errors
 def predict(
-    source: Annotated[Path, typer.Argument(help="A run folder (runs/x, train or blend) or a kit export folder.")],
-    images: Annotated[Path, typer.Argument(help="A folder of images, a CSV of Ids (e.g. sample_submission.csv), or a fetched competition (its test split).")],
-    out: Annotated[Path, typer.Option("--out", help="The submission CSV to write.")] = Path("submission.csv"),
-    probs: Annotated[Path | None, typer.Option("--probs", help="Also write the probabilities (test.csv format).")] = None,
-    image_dir: Annotated[Path | None, typer.Option("--image-dir", help="Folder of the CSV's images (default: the competition's test folder next to the CSV).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images decoded and predicted at a time.")] = 256,
+    source: Annotated[Path, typer.Argument(metavar="RUN_OR_EXPORT", help="A run folder (runs/x, train or blend) or a kit export folder.")],
+    images: Annotated[Path, typer.Argument(metavar="IMAGES", help="A folder of images, a CSV of Ids (e.g. sample_submission.csv), or a fetched competition (its test split).")],
+    out: Annotated[Path, typer.Option("--out", metavar="CSV", help="The submission CSV to write.")] = Path("submission.csv"),
+    probs: Annotated[Path | None, typer.Option("--probs", metavar="CSV", help="Also write the probabilities (test.csv format).")] = None,
+    image_dir: Annotated[Path | None, typer.Option("--image-dir", metavar="DIR", help="Folder of the CSV's images (default: the competition's test folder next to the CSV).")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images decoded and predicted at a time.")] = 256,
     data_dir: DataDir = Path("data"),
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
@@ -251,8 +258,8 @@ def predict(
 @app.command()
 @kit_errors
 def export(
-    run: Annotated[Path, typer.Argument(help="A finished run folder (train or blend).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Export folder (default: exports/<run>).")] = None,
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder (train or blend).")],
+    out: Annotated[Path | None, typer.Option("--out", metavar="DIR", help="Export folder (default: exports/<run>).")] = None,
     data_dir: DataDir = Path("data"),
     runs_dir: RunsDir = Path("runs"),
 ) -> None:

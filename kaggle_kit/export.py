@@ -66,7 +66,7 @@ def export(run: Path, out: Path | None = None, *, data_dir: Path = Path("data"),
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         top = _write_tree(tree, tmp, {})
-        meta = {k: v for k, v in src["meta"].items() if k not in ("files", "file_check", "cache", "source")}
+        meta = {k: v for k, v in src["meta"].items() if k not in ("files", "file_check", "cache", "source", "index", "origin")}
         write_json(tmp / "competition.json", meta)
         src["sample"].to_csv(tmp / "sample_submission.csv", index=False)
         wheel = build_wheel(tmp / "wheels")
@@ -74,7 +74,7 @@ def export(run: Path, out: Path | None = None, *, data_dir: Path = Path("data"),
             run=tree["name"], kind=tree["kind"], comp=meta.get("name"), version=__version__,
             slug=f"kit-{tree['name']}".lower().replace("_", "-"),
             sample=Path(meta.get("sample_submission", "sample_submission.csv")).name,
-            test_dir=meta.get("test_dir", "test")))
+            test_dir=meta.get("test_dir") or "test"))
         files = {p.relative_to(tmp).as_posix(): sha256_file(p)
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         write_json(tmp / "manifest.json", {

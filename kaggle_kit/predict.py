@@ -142,10 +142,10 @@ def images_source(images: Path, src: dict, data_dir: Path, image_dir: Path | Non
         comp = CompetitionDir(images)
         ids = comp.test_ids()
         return ids, [comp.image_path("test", i) for i in ids], comp
-    ext = meta.get("ext", "")
+    ext = meta.get("ext") or ""
     if images.is_file() and images.suffix.lower() == ".csv":
         ids = _csv_ids(images, meta)
-        folder = image_dir or next((d for d in (images.parent / meta.get("test_dir", "."),)
+        folder = image_dir or next((d for d in (images.parent / (meta.get("test_dir") or "."),)
                                     if d.is_dir()), images.parent)
         paths = [Path(folder) / f"{i}{ext}" for i in ids]
         missing = [p for p in paths if not p.is_file()]
@@ -404,6 +404,7 @@ def _adhoc_comp(tmp: Path, src: dict, ids: list[str]) -> CompetitionDir:
                        for c in sample.columns})
     comp = CompetitionDir(tmp / "competition")
     write_csv(comp.root / "sample_submission.csv", df)
+    meta.pop("index", None)  # test Ids = this sample's, not a fetched test_index.csv
     meta.update(sample_submission="sample_submission.csv", source=str(comp.root),
                 n_test=len(ids))
     comp.write_meta(meta)

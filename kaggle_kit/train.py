@@ -56,7 +56,7 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     try:
         return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
                     on_epoch)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save's writer re-raises ENOSPC as RuntimeError
         err = disk_full(e, Path(runs_dir) / run_name, "training")
         if err is None:
             raise

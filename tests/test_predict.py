@@ -175,7 +175,7 @@ def test_export_is_self_contained_and_checked(ws, tmp_path):
     assert "pip install --no-index --find-links" in (exp / "README.md").read_text()
     comp = CompetitionDir(ws / "data" / COMP)
     sample = comp.source_root / comp.meta()["sample_submission"]
-    img_dir = CompetitionDir(ws / "data" / COMP).image_path("test", "x").parent
+    img_dir = comp.image_path("test", comp.test_ids()[0]).parent
     args = ["predict", exp, sample, "--image-dir", img_dir, "--out", tmp_path / "s.csv"]
     _kit(*args, "--probs", tmp_path / "p.csv")  # no --data-dir: the export is enough
     _assert_same_probs(tmp_path / "p.csv", ws / "runs" / "top")
@@ -214,6 +214,7 @@ def test_export_installs_and_predicts_in_a_fresh_offline_venv(ws, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # not this checkout's kit
     comp = CompetitionDir(ws / "data" / COMP)
     sample = comp.source_root / comp.meta()["sample_submission"]
+    img_dir = comp.image_path("test", comp.test_ids()[0]).parent
     exports = {name: tmp_path / f"exp-{name}" for name in ("a", "top")}
     for name, exp in exports.items():
         _kit("export", ws / "runs" / name, "--out", exp, *_dirs(ws))
@@ -221,9 +222,8 @@ def test_export_installs_and_predicts_in_a_fresh_offline_venv(ws, tmp_path):
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--no-deps", wheel],
                    check=True, env=env)
     for name, exp in exports.items():
-        r = subprocess.run([kit, "predict", exp, sample, "--image-dir",
-                            comp.image_path("test", "x").parent, "--out", tmp_path / "s.csv",
-                            "--probs", tmp_path / f"p-{name}.csv"],
+        r = subprocess.run([kit, "predict", exp, sample, "--image-dir", img_dir,
+                            "--out", tmp_path / "s.csv", "--probs", tmp_path / f"p-{name}.csv"],
                            cwd=tmp_path, env=env, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         _assert_same_probs(tmp_path / f"p-{name}.csv", ws / "runs" / name)

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import typer.main
 from typer.testing import CliRunner
 
 from kaggle_kit import runfiles, show
@@ -37,12 +38,17 @@ def test_fetch_prints_fetched_once_and_a_noop_says_no_more(tmp_path: Path) -> No
     assert "decoded in" not in again.output and "classes," not in again.output
 
 
-@pytest.mark.parametrize("cmd", [c for c in COMMANDS if c])
+ALL_COMMANDS = sorted(set(typer.main.get_command(app).commands) | {c for c in COMMANDS if c})
+
+
+@pytest.mark.parametrize("cmd", ALL_COMMANDS)
 def test_help_has_no_type_tags_and_no_braces(cmd: str) -> None:
     out = CliRunner().invoke(app, [cmd, "--help"], terminal_width=100).output
-    assert "Usage: kit" in out
+    usage = out.splitlines()[0]
+    assert usage.startswith(f"Usage: kit {cmd} [OPTIONS]"), out
     assert "<bool>" not in out and "--no-" not in out, out
-    assert not re.search(r"\{\w+\}", out.splitlines()[0]), out.splitlines()[0]
+    # arguments named in capitals (RECIPE, RUN...), never typer's `{recipe}` or a bare `source`
+    assert all(re.fullmatch(r"[\[\]A-Z_=.]+", tok) for tok in usage.split()[4:]), usage
 
 
 def test_recipes_descriptions_in_one_column() -> None:

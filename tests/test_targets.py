@@ -12,7 +12,7 @@ from kaggle_kit import KitError, metrics
 from kaggle_kit.blend import blend
 from kaggle_kit.report import report
 from kaggle_kit.submit import SUBMIT_CLIP, build_submission, validate_submission
-from kaggle_kit.workspace import RunDir
+from kaggle_kit.workspace import CompetitionDir, RunDir
 from tests.conftest import REPO
 from tests.fx_blend import make_run, member_probs
 from tests.fx_targets import make_target_comp
@@ -252,3 +252,54 @@ def test_checkpoint_best_follows_the_metric_and_its_direction():
     assert checkpoint_score(higher_auc, "roc_auc") < checkpoint_score(lower_loss, "roc_auc")
     assert checkpoint_score(lower_loss, "accuracy") < checkpoint_score(higher_auc, "accuracy")
     assert checkpoint_score({**higher_auc, "val_metric": float("nan")}, "roc_auc") == float("inf")
+
+
+def test_multilabel_blend_keeps_independent_probabilities(tmp_path):
+    comp = make_target_comp(tmp_path / "data", "mlb", task="multilabel", metric="macro_auc",
+                            classes=["a", "b", "c"], kind="prob", n_train=120, n_test=8,
+                            n_folds=3)
+    folds = comp.folds()
+    y = metrics.encode_targets(folds.set_index("Id")["label"], pd.Index(folds["Id"]),
+                               comp.classes, "multilabel")
+    rng = np.random.default_rng(0)
+    for name, signal in (("good", 3.0), ("noise", 0.0)):
+        run = RunDir(tmp_path / "runs" / name)
+        p = 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=y.shape))))
+        oof = pd.DataFrame(p, columns=comp.classes, index=pd.Index(folds["Id"], name="Id"))
+        oof.insert(0, "fold", folds["fold"].to_numpy())
+        run.write_oof(oof, comp.classes)
+        run.write_test(pd.DataFrame(rng.uniform(size=(8, 3)), columns=comp.classes,
+                                    index=pd.Index(comp.test_ids(), name="Id")), comp.classes)
+        run.write_summary({"run": name, "kind": "train", "competition": comp.name,
+                           "classes": comp.classes, "metric": "macro_auc"})
+    out = blend([tmp_path / "runs" / "good", tmp_path / "runs" / "noise"], name="bl",
+                runs_dir=tmp_path / "runs", data_dir=tmp_path / "data",
+                submissions_dir=tmp_path / "subs")
+    s = RunDir(tmp_path / "runs" / "bl").summary()
+    assert s["task"] == "multilabel" and "honest OOF macro_auc" in out
+    board = {r["name"]: r for r in s["leaderboard"]}
+    assert board["greedy"]["weights"]["good"] > 0.9 and board["weighted"]["weights"]["good"] > 0.9
+    assert board["stack"]["honest_score"] > board["noise"]["honest_score"] + 0.3
+    blended = RunDir(tmp_path / "runs" / "bl").read_oof(comp.classes)[comp.classes].to_numpy()
+    assert not np.allclose(blended.sum(1), 1.0)  # never renormalised like a softmax
+    (sub,) = (tmp_path / "subs").glob("*.csv")
+    assert list(pd.read_csv(sub).columns) == ["id", "a", "b", "c"]
+
+
+def test_humpback_layout_map5_cv_and_single_image_whales_never_oof(train, tmp_path):
+    """The real humpback layout (tests/fx_comps.py, fetched with no flags): MAP@5 is the CV, the
+    whales with one image (fold -1) train in every fold and are not in oof.csv."""
+    from kaggle_kit.fetch import fetch
+    from tests import fx_comps
+
+    slug = "humpback-whale-identification"
+    fetch(slug, data_dir=tmp_path / "data", source=fx_comps.humpback(tmp_path / "zips"), n_folds=2)
+    s = train(slug, "train.batch_size=4")
+    run = RunDir(tmp_path / "runs" / "r")
+    comp = CompetitionDir.open(tmp_path / "data", slug)
+    never = set(comp.folds().query("fold == -1")["Id"])
+    assert s["metric"] == "map@5" and s["n_never_oof"] == len(never) == 2
+    assert not never & set(run.read_oof().index)
+    assert s["cv"]["map@5"] == pytest.approx(_scored(run, comp, "map@5", "multiclass"))
+    sub = build_submission(run, comp)
+    assert sub["Id"].str.split().map(len).eq(5).all()
