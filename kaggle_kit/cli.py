@@ -108,11 +108,12 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite a run folder made by another recipe.")] = False,
 ) -> None:
     """Train a recipe: stratified k-fold OOF + test predictions in runs/<name>/."""
-    from kaggle_kit.train import run
+    from kaggle_kit.train import is_main_process, run
 
     summary = run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
                   resume=resume, force=force)
-    _print(show.run_lines(summary, runs_dir))
+    if is_main_process():  # one summary, not one per process
+        _print(show.run_lines(summary, runs_dir))
 
 
 @app.command()
