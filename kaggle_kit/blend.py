@@ -21,8 +21,14 @@ import pandas as pd
 from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.workspace import (CompetitionDir, RunDir, check_run_name, disk_full, run_kind,
-                                  sha256_file)
+from kaggle_kit.workspace import (
+    CompetitionDir,
+    RunDir,
+    check_run_name,
+    disk_full,
+    run_kind,
+    sha256_file,
+)
 
 # ----------------------------------------------------------------------------- members
 
