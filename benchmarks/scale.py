@@ -8,14 +8,16 @@ sample_submission.csv, train/ and test/ folders; 10 classes, smooth random image
    cores when there are more), images/s; the cache's size in MB.
 3. a read pass (child processes): every train row once, in shuffled batches of 128, through
    `images.stream_batches` (os.pread) and, for contrast, through a np.memmap -- peak RSS of each.
-4. `kit train` (child): one fold, one epoch (`--train-limit L` adds data.limit=L: CPU training at
-   S px is slow; the cache is opened and checked whole either way), data.load as given: peak RSS.
+4. `kit train` (child) once per `--loads` value: one fold, one epoch (`--train-limit L` adds
+   data.limit=L: CPU training at S px is slow; the cache is opened and checked whole either way):
+   peak RSS, train images/s, CV, and where kit put the data.
 
 Peak RSS is ru_maxrss of the child's process tree (the largest single process: a decode worker
 counts the parent's pages it shares). Everything runs through the `kit` CLI as a user would.
 
-    python benchmarks/scale.py --n 20000 --size 128 --train-limit 1024
-    python benchmarks/scale.py --n 100000 --size 256 --train-limit 1024   # needs ~25 GB of disk
+    python benchmarks/scale.py --n 20000 --size 128 --train-limit 2048 --loads stream
+    python benchmarks/scale.py --n 20000 --size 128 --train-limit 0 --loads stream,device   # GPU
+    python benchmarks/scale.py --n 100000 --size 256 --decode-bench '' --read-pass pread  # ~25 GB disk
 """
 
 from __future__ import annotations
@@ -72,13 +74,15 @@ def generate(src: Path, n: int, n_test: int, size: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run `cmd` (output to `log`) under WRAP: {"rc", "maxrss_mb", "wall_s"}."""
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` (output to `log`) under WRAP, this checkout first on PYTHONPATH:
+    {"rc", "maxrss_mb", "wall_s"}."""
     out = log.with_suffix(".rss.json")
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     with open(log, "w") as f:
         subprocess.run([sys.executable, "-c", WRAP, str(out), *cmd], stdout=f,
-                       stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, check=False)
+                       stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path}, check=False)
     res = json.loads(out.read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if res["rc"] != 0:
@@ -131,10 +135,12 @@ def read_pass(arr_path: Path, how: str, log: Path) -> dict:
     return res
 
 
-def train(work: Path, args) -> dict:
-    recipe = work / "scale.yaml"
+def train(work: Path, args, load: str) -> dict:
+    """One `kit train` child with data.load=load: wall, peak RSS, train images/s, CV, the
+    placement line kit printed."""
+    recipe = work / f"scale_{load}.yaml"
     recipe.write_text(f"""competition: scale
-data: {{normalize: dataset, load: {args.load}{f", limit: {args.train_limit}" if args.train_limit else ""}}}
+data: {{normalize: dataset, load: {load}{f", limit: {args.train_limit}" if args.train_limit else ""}}}
 model: {{name: {args.model}}}
 train: {{epochs: 1, batch_size: 128, lr: 0.2, num_workers: 0, warmup_epochs: 0}}
 augment: {{flip: true, pad_crop: 0}}
@@ -142,9 +148,17 @@ tta: {{views: [orig]}}
 cv: {{folds: [0]}}
 seed: 0
 """)
-    return measure([sys.executable, "-m", "kaggle_kit", "train", str(recipe), "--force",
-                    "--data-dir", str(work / "data"), "--runs-dir", str(work / "runs")],
-                   work / "train.log", env={"PYTHONPATH": str(REPO)})
+    log = work / f"train_{load}.log"
+    res = measure([sys.executable, "-m", "kaggle_kit", "train", str(recipe), "--force",
+                   "--data-dir", str(work / "data"), "--runs-dir", str(work / "runs")],
+                  log)
+    run = work / "runs" / recipe.stem
+    epoch = json.loads((run / "fold0" / "metrics.jsonl").read_text().splitlines()[-1])
+    res["train_images_per_s"] = epoch.get("images_per_s")
+    res["cv"] = json.loads((run / "summary.json").read_text()).get("cv")
+    res["placement"] = next((ln for ln in log.read_text().splitlines()
+                             if ln.startswith("data: ") and "MB:" in ln), "?")
+    return res
 
 
 def main() -> None:
@@ -155,11 +169,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
     ap.add_argument("--train-limit", type=int, default=1024, help="data.limit of the train run (0: all)")
     ap.add_argument("--model", default="kit_resnet9_s")
-    ap.add_argument("--load", default="auto", choices=["auto", "device", "stream"])
+    ap.add_argument("--loads", default="auto", help="data.load of each train run: auto,stream,device")
+    ap.add_argument("--decode-bench", default="1,2,all", help="decode process counts to time ('' = none)")
+    ap.add_argument("--read-pass", default="pread,memmap", help="read passes ('' = none)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
     n_test = args.test if args.test is not None else args.n // 5
     work = args.workdir or Path(tempfile.mkdtemp(prefix=f"kit_scale_{args.n}_{args.size}_"))
+    work.mkdir(parents=True, exist_ok=True)
     need = (args.n + n_test) * args.size**2 * 3 * 1.15
     free = shutil.disk_usage(work).free
     print(f"{args.n} + {n_test} images of {args.size} px in {work}; cache ~{need / 1e9:.1f} GB, "
@@ -167,29 +184,32 @@ def main() -> None:
           flush=True)
     if need > free * 0.9:
         sys.exit("not enough disk for this size")
-    env = {"PYTHONPATH": str(REPO)}
     try:
         print(f"generate: {generate(work / 'src', args.n, n_test, args.size):.0f} s", flush=True)
         fetch = measure([sys.executable, "-m", "kaggle_kit", "fetch", "scale", "--from",
-                         str(work / "src"), "--data-dir", str(work / "data")], work / "fetch.log", env)
+                         str(work / "src"), "--data-dir", str(work / "data")], work / "fetch.log")
         print(f"fetch: {fetch['wall_s']} s, peak RSS {fetch['maxrss_mb']:.0f} MB", flush=True)
         cache_dir = work / "data" / "scale" / "cache"
         cache_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 1e6
         print(f"cache: {cache_mb:.0f} MB", flush=True)
-        workers = sorted({1, 2, *([os.cpu_count()] if (os.cpu_count() or 1) > 2 else [])})
+        workers = sorted({(os.cpu_count() or 1) if w == "all" else int(w)
+                          for w in args.decode_bench.split(",") if w})
         rates = decode_rates(work / "data", workers)
         arr = cache_dir / "train_native.npy"
-        reads = {how: read_pass(arr, how, work / f"read_{how}.log") for how in ("pread", "memmap")}
-        for how, r in reads.items():
+        reads = {}
+        for how in filter(None, args.read_pass.split(",")):
+            r = reads[how] = read_pass(arr, how, work / f"read_{how}.log")
             print(f"read pass ({how}): peak RSS {r['maxrss_mb']:.0f} MB, {r['rows_per_s']:.0f} rows/s",
                   flush=True)
-        tr = train(work, args)
-        choice = next((ln for ln in (work / "train.log").read_text().splitlines()
-                       if ln.startswith("data: ") and "MB:" in ln), "?")
-        print(f"train: {tr['wall_s']} s, peak RSS {tr['maxrss_mb']:.0f} MB; {choice}", flush=True)
+        trains = {}
+        for load in args.loads.split(","):
+            tr = trains[load] = train(work, args, load)
+            print(f"train (data.load={load}): {tr['wall_s']} s, peak RSS {tr['maxrss_mb']:.0f} MB, "
+                  f"{tr['train_images_per_s']} train images/s, CV {tr['cv']}; {tr['placement']}",
+                  flush=True)
         print(json.dumps({"n": args.n, "n_test": n_test, "size": args.size,
                           "fetch": fetch, "cache_mb": round(cache_mb), "decode_images_per_s": rates,
-                          "read_pass": reads, "train": tr, "train_limit": args.train_limit,
+                          "read_pass": reads, "train": trains, "train_limit": args.train_limit,
                           "load_average": os.getloadavg()}))
     finally:
         if not args.keep:

@@ -21,7 +21,14 @@ import pandas as pd
 from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, run_kind, sha256_file
+from kaggle_kit.workspace import (
+    CompetitionDir,
+    RunDir,
+    check_run_name,
+    disk_full,
+    run_kind,
+    sha256_file,
+)
 
 # ----------------------------------------------------------------------------- members
 
@@ -259,6 +266,17 @@ def blend(runs: list[Path], *, method: str = "best", name: str | None = None,
         check_run_name(name)
     if method != "best":
         make_blender(method)  # unknown method -> error before any work
+    try:
+        return _blend(runs, method, name, Path(runs_dir), Path(data_dir), Path(submissions_dir))
+    except OSError as e:
+        err = disk_full(e, Path(runs_dir), "writing the blend")
+        if err is None:
+            raise
+        raise err from None
+
+
+def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data_dir: Path,
+           submissions_dir: Path) -> str:
     comp, members = load_members([Path(r) for r in runs], Path(data_dir))
     task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
     classes, ref = comp.classes, members[0]

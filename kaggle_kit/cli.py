@@ -6,6 +6,7 @@ and works with no Kaggle credentials and no network.
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from pathlib import Path
@@ -38,6 +39,12 @@ def kit_errors(fn):
             return fn(*args, **kwargs)
         except KitError as e:
             typer.secho(f"error: {e}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # a full disk in a command that has no message of its own
+            if e.errno != errno.ENOSPC:
+                raise
+            typer.secho(f"error: disk full{f' writing {e.filename}' if e.filename else ''}; free "
+                        "some space and rerun", fg="red", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.secho("interrupted", fg="yellow", err=True)
@@ -101,11 +108,12 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite a run folder made by another recipe.")] = False,
 ) -> None:
     """Train a recipe: stratified k-fold OOF + test predictions in runs/<name>/."""
-    from kaggle_kit.train import run
+    from kaggle_kit.train import is_main_process, run
 
     summary = run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
                   resume=resume, force=force)
-    _print(show.run_lines(summary, runs_dir))
+    if is_main_process():  # one summary, not one per process
+        _print(show.run_lines(summary, runs_dir))
 
 
 @app.command()

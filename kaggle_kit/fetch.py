@@ -199,8 +199,11 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
         raise KitError(msg if msg.startswith(str(archive)) else f"{archive}: {msg}") from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
+            kept = (f"; the download {archive} ({archive.stat().st_size / 1e6:.0f} MB) is kept so "
+                    "the rerun does not download it again (delete it to free that space)"
+                    if ours and archive.is_file() else "")
             raise KitError(f"{comp.root.parent}: disk full while writing {comp.name}; free space "
-                           "and rerun (nothing was kept)") from e
+                           f"and rerun (nothing of {comp.name} was kept{kept})") from e
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -80,11 +80,26 @@ def _scrub(text: str) -> str:
     return " ".join(text.split())  # one line
 
 
-def _api():
-    """An authenticated KaggleApi; KitError (both ways to give credentials) if there are none."""
+def check_credentials() -> None:
+    """KitError (both ways to give credentials) unless the client will find some: callers check
+    this before work that must not be half done (an upload, a download into a new folder)."""
     if not _has_credentials():
         raise KitError(f"no Kaggle credentials found: {CRED_HELP}")
-    with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates and prints help
+
+
+def _pass_on_warnings(printed: str) -> None:
+    """The client's own warnings (e.g. kaggle.json readable by other users) to stderr, scrubbed;
+    the rest of what it prints while authenticating (help text) stays hidden."""
+    for line in dict.fromkeys(printed.splitlines()):  # once each, in order
+        if line.strip().lower().startswith("warning"):
+            print(_scrub(line), file=sys.stderr, flush=True)
+
+
+def _api():
+    """An authenticated KaggleApi; KitError (both ways to give credentials) if there are none."""
+    check_credentials()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # `import kaggle` authenticates and prints help
         from kaggle.api.kaggle_api_extended import KaggleApi
     api = KaggleApi()
     # KaggleApi reads its config dir and LOCALHOST switch once, when `kaggle` is first imported;
@@ -93,10 +108,12 @@ def _api():
     api.config = os.path.join(api.config_dir, "kaggle.json")
     api.args = ["--local"] if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else []
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(printed):
             api.authenticate()
     except SystemExit:
         raise KitError(f"Kaggle credentials incomplete or unreadable: {CRED_HELP}") from None
+    finally:
+        _pass_on_warnings(printed.getvalue())
     return api
 
 

@@ -59,16 +59,25 @@ class Train(_Strict):
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup from 0 (onecycle: the rising part)
     step_epochs: int = Field(10, ge=1)  # schedule=step: multiply lr by step_gamma every N epochs
     step_gamma: float = Field(0.5, gt=0, le=1)  # schedule=step: the lr factor
-    weight_decay: float = Field(5e-4, ge=0)  # on weights only (not norms/biases); sgd: L2
+    weight_decay: float = Field(5e-4, ge=0)  # on weights only (not norms, biases, pos_embed,
+    # cls_token: timm.optim.create_optimizer_v2 + the net's no_weight_decay()); sgd: L2
+    layer_decay: float | None = Field(None, gt=0, le=1)  # ViT-style layer-wise lr decay (timm nets
+    # with group_matcher): lr * layer_decay^(depth - layer); None = off
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup; 0 = off
     cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha) cutmix; 0 = off
     mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches mixed when mixup/cutmix on
-    ema: float | None = Field(None, gt=0, lt=1)  # EMA decay per optimizer step, e.g. 0.999
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on capable GPUs
+    ema: float | None = Field(None, gt=0, lt=1)  # EMA decay per optimizer step, e.g. 0.999,
+    # reached after a warmup (timm ModelEmaV3: decay_t = min(ema, 1 - (1 + t)^-2/3))
+    # auto: accelerate's launch flag / config if it set fp16/bf16, else bf16 on GPUs of compute
+    # capability >= 8.0, fp16 on older GPUs (T4, P100), none on CPU. An explicit value wins.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     channels_last: bool = True  # faster on this CPU (+10-25%) and on tensor-core GPUs
-    compile: bool = False  # torch.compile the model (slow first epoch)
+    compile: bool = False  # torch.compile the model after accelerate wraps it (slow first epoch)
+    sync_bn: bool = False  # SyncBatchNorm across GPU processes (small per-GPU batches); not on CPU
+    log_with: Literal["tensorboard", "wandb", "mlflow"] | None = None  # accelerate tracker: metrics
+    # per epoch (tensorboard: runs/<run>/kit-<competition>-<run>/); needs that package installed
     max_minutes: float | None = Field(None, gt=0)  # wall-time budget, split evenly over models
     checkpoint: Literal["last", "best"] = "last"  # best = lowest validation loss
     num_workers: int = Field(2, ge=0)  # only used when per-image albumentations are needed

@@ -16,8 +16,14 @@ import pandas as pd
 
 from kaggle_kit import KitError
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import (CompetitionDir, RunDir, run_kind, sha256_file, write_csv,
-                                  write_text)
+from kaggle_kit.workspace import (
+    CompetitionDir,
+    RunDir,
+    run_kind,
+    sha256_file,
+    write_csv,
+    write_text,
+)
 
 # ----------------------------------------------------------------------------- run folder (no torch)
 

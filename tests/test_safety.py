@@ -258,3 +258,193 @@ def test_class_removed_from_competition_json_refused(own_demo, tmp_path):
     comp.write_meta(meta)
     with pytest.raises(KitError, match="is not a class of"):
         _train(own_demo, tmp_path / "runs", *QUICK)
+
+
+# ----------------------------------------------------------------------------- ledger + submit (items 3, 4, 11)
+
+SEMICOLON_LEDGER = ("time;competition;file;sha256;run;method;cv;message;submission_id;status;"
+                    "public_score;error\n2024-01-01T00:00:00+00:00;tiny;a.csv;x;r;mean;0.9;m;"
+                    "123;complete;0.91;\n")
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_comp, tiny_run):
+    return {"data_dir": tmp_path / "data", "runs_dir": tmp_path / "runs",
+            "submissions_dir": tmp_path / "submissions"}
+
+
+def test_semicolon_ledger_refused_not_rewritten(kaggle_double, tiny_run, ws):
+    """A ledger re-saved with ';' showed blank rows, and the next `kit submit` uploaded first,
+    then rewrote every earlier row as empty (or crashed without a ledger row)."""
+    from kaggle_kit.submit import show_ledger, submit
+
+    ledger = ws["submissions_dir"] / "ledger.csv"
+    ledger.parent.mkdir(parents=True)
+    ledger.write_text(SEMICOLON_LEDGER)
+    with pytest.raises(KitError, match="ledger.csv: header lacks columns"):
+        show_ledger(ws["submissions_dir"])
+    with pytest.raises(KitError, match="ledger.csv: header lacks columns"):
+        submit(tiny_run.root, timeout=5, poll_s=0.2, **ws)
+    assert kaggle_double.uploads == 0 and kaggle_double.calls == []
+    assert ledger.read_text() == SEMICOLON_LEDGER
+
+
+def test_ledger_is_append_only(kaggle_double, tiny_run, ws):
+    """Earlier rows (even ones kit would format differently) stay byte for byte: an upload and
+    Kaggle's verdict each append a row; `kit submissions` shows one row per submission."""
+    from kaggle_kit.ledger import read_ledger
+    from kaggle_kit.submit import show_ledger, submit
+
+    ledger = ws["submissions_dir"] / "ledger.csv"
+    ledger.parent.mkdir(parents=True)
+    old = ("time,competition,file,sha256,run,method,cv,message,submission_id,status,public_score,"
+           "error\n2024-01-01T00:00:00+00:00,tiny,a.csv,x,old-run,mean,0.90000,\"hand, edited\","
+           "7,complete,0.91,")  # an older ledger (no metric column), no final newline
+    ledger.write_text(old)
+    submit(tiny_run.root, timeout=30, poll_s=0.2, **ws)
+    text = ledger.read_text()
+    assert text.startswith(old + "\n") and len(text.splitlines()) == 4  # + pending + complete
+    df = read_ledger(ws["submissions_dir"])
+    assert df["run"].tolist() == ["old-run", "tiny-run"]
+    assert df["status"].tolist() == ["complete", "complete"] and df["message"][0] == "hand, edited"
+    assert len(read_ledger(ws["submissions_dir"], history=True)) == 3
+    assert "old-run" in show_ledger(ws["submissions_dir"])
+
+
+def test_no_credentials_refused_before_anything_is_written(no_kaggle_creds, tiny_run, ws):
+    from kaggle_kit.submit import submit
+
+    with pytest.raises(KitError, match="no Kaggle credentials"):
+        submit(tiny_run.root, **ws)
+    assert not (ws["submissions_dir"] / "ledger.csv").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty file"),
+    (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\0\x01", "binary content"),
+    (None, "a zip archive, not a CSV"),
+    (b"Id,Category\n\xff\xfe\xfa,cat\n", "not a readable CSV"),
+])
+def test_submit_refuses_non_csv_files(kaggle_double, tmp_path, ws, content, match):
+    import zipfile
+
+    from kaggle_kit.submit import submit
+
+    bad = tmp_path / "bad.csv"
+    if content is None:
+        with zipfile.ZipFile(bad, "w") as z:
+            z.writestr("sub.csv", "Id,Category\n3,cat\n")
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(KitError, match=match):
+        submit(bad, competition="tiny", **ws)
+    assert kaggle_double.uploads == 0
+
+
+def test_kaggle_json_readable_by_others_warning_passed_on(kaggle_double, tmp_path, monkeypatch,
+                                                          capsys):
+    import os
+
+    from kaggle_kit import kaggle_io
+    from tests.fx_kaggle import TEST_KEY, TEST_USER
+
+    cfg = Path(os.environ["HOME"]) / ".kaggle"
+    cfg.mkdir(parents=True, exist_ok=True)
+    (cfg / "kaggle.json").write_text(json.dumps({"username": TEST_USER, "key": TEST_KEY}))
+    (cfg / "kaggle.json").chmod(0o644)
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    kaggle_io.list_submissions("tiny")
+    err = capsys.readouterr().err
+    assert "readable by other users" in err and "chmod 600" in err and TEST_KEY not in err
+
+
+# ----------------------------------------------------------------------------- disk full (item 11)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """tiny_disk(size) -> a folder on a tmpfs of that size: real ENOSPC. Needs root (skips)."""
+    import subprocess
+
+    mounts = []
+
+    def make(size: str) -> Path:
+        where = tmp_path / f"disk{len(mounts)}"
+        where.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                           capture_output=True)
+        if r.returncode:
+            pytest.skip("cannot mount a small tmpfs here (needs root): no real ENOSPC")
+        mounts.append(where)
+        return where
+
+    yield make
+    for m in mounts:
+        subprocess.run(["umount", str(m)], check=False)
+
+
+def test_disk_full_during_train_is_one_line(demo_data_dir, tiny_disk):
+    runs = tiny_disk("64k")  # recipe.yaml + provenance.json fit, the first state.pt does not
+    with pytest.raises(KitError, match="disk full while training"):
+        _train(demo_data_dir, runs, *QUICK)
+    assert not list(runs.rglob(".*.tmp"))  # no half-written file left
+
+
+def test_disk_full_during_blend_and_submit_is_one_line(tmp_path, tiny_disk, tiny_comp, tiny_run):
+    from kaggle_kit.blend import blend
+    from kaggle_kit.submit import submit
+    from tests.fx_blend import make_comp, make_run
+
+    comp = make_comp(tmp_path / "bdata")
+    for i in (1, 2):
+        make_run(tmp_path / "bruns", f"m{i}", comp, seed=i)
+    disk = tiny_disk("16k")
+    with pytest.raises(KitError, match="disk full while writing the blend"):
+        blend([tmp_path / "bruns" / "m1", tmp_path / "bruns" / "m2"], runs_dir=disk / "runs",
+              data_dir=tmp_path / "bdata", submissions_dir=disk / "subs")
+    (disk / "filler").write_bytes(b"\0" * (15 * 1024))
+    shutil.rmtree(disk / "runs", ignore_errors=True)
+    with pytest.raises(KitError, match="disk full"):
+        submit(tiny_run.root, dry_run=True, data_dir=tmp_path / "data",
+               runs_dir=tmp_path / "runs", submissions_dir=disk / "subs")
+
+
+def test_disk_full_fetch_says_the_download_is_kept(tmp_path, tiny_disk):
+    from kaggle_kit.fetch import fetch
+
+    data = tiny_disk("4m")  # the 2.2 MB demo zip fits, its unpacked files do not
+    with pytest.raises(KitError, match=r"disk full .* the download .*demo\.zip .* is kept"):
+        fetch("demo", data_dir=data)
+    assert [p.name for p in data.iterdir()] == [".downloads"]
+
+
+# ----------------------------------------------------------------------------- blend members (item 10)
+
+
+def test_blend_refuses_a_run_twice_all_zero_rows_and_inf(tmp_path):
+    """A run blended with itself was accepted (weighted double); all-zero probability rows were
+    silently made uniform; inf passed the member check."""
+    import numpy as np
+
+    from kaggle_kit.blend import blend
+    from tests.fx_blend import make_comp, make_run
+
+    comp = make_comp(tmp_path / "data")
+    runs = tmp_path / "runs"
+    a = make_run(runs, "a", comp, seed=1).root
+    make_run(runs, "b", comp, seed=2)
+    kw = {"runs_dir": runs, "data_dir": tmp_path / "data", "submissions_dir": tmp_path / "subs"}
+    for twice in ([a, a], [a, runs / ".." / "runs" / "a"]):
+        with pytest.raises(KitError, match="given twice"):
+            blend(twice, **kw)
+    for i, bad in enumerate((0.0, np.inf)):
+        oof = RunDir(a).read_oof()
+        oof.iloc[3, 1:] = bad  # one row: all classes 0, or inf
+        RunDir(runs / f"bad{i}").root.mkdir()
+        shutil.copy(RunDir(a).summary_path, runs / f"bad{i}" / "summary.json")
+        shutil.copy(RunDir(a).test_path, runs / f"bad{i}" / "test.csv")
+        RunDir(runs / f"bad{i}").write_oof(oof, comp.classes)
+        with pytest.raises(KitError, match="infinite, negative or all-zero"):
+            blend([runs / f"bad{i}", runs / "b"], **kw)
+    assert not (tmp_path / "subs").exists()
