@@ -36,7 +36,8 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 def load_tree(root: Path, resolve) -> dict:
     """The prediction tree of run folder `root` (a train or blend run, or one inside an export).
 
-    Leaf: {"kind": "train", "name", "root", "classes", "task", "recipe": Recipe, "models": [model dir]}.
+    Leaf: {"kind": "train", "name", "root", "classes", "task", "recipe": Recipe,
+           "models": [model dir], "precision": provenance.json's mixed_precision or None}.
     Node: {"kind": "blend", "name", "root", "classes", "task", "summary", "members": [tree]}.
     `resolve(path_text, blend_root)` finds a blend member's folder."""
     run = RunDir(Path(root))
@@ -56,9 +57,10 @@ def load_tree(root: Path, resolve) -> dict:
             raise KitError(f"{d / 'model.pt'}: missing weights of {d.name}, one of the models "
                            f"{run.test_path.name} averages; retrain it (kit train --resume) or "
                            "export the run again")
+    prov = run.provenance() if run.provenance_path.is_file() else {}
     return {"kind": "train", "name": run.name, "root": run.root, "classes": classes,
             "task": s.get("task", "multiclass"), "recipe": recipes.load(run.recipe_path),
-            "models": models}
+            "models": models, "precision": prov.get("mixed_precision")}
 
 
 def _default_members(run: RunDir, test_from: str) -> list[str]:
@@ -208,12 +210,15 @@ def _net(model_dir: Path, leaf: dict, device):
     return net.eval(), cfg
 
 
-def _autocast(rec: recipes.Recipe, device):
-    """The run's autocast (train.py: Accelerate's mixed_precision) as a context factory."""
+def _autocast(leaf: dict, device):
+    """The autocast the run's test.csv was predicted under (Accelerate's mixed_precision as
+    provenance.json recorded it, else what the recipe resolves to here) as a context factory.
+    Full precision where this device lacks it (fp16 on a CPU, bf16 on a pre-Ampere GPU)."""
     import torch
 
-    mp = train_setup.precision(rec.train.mixed_precision)
-    if mp == "no" or (device.type == "cpu" and mp == "fp16"):
+    mp = leaf["precision"] or train_setup.precision(leaf["recipe"].train.mixed_precision)
+    if mp == "no" or (device.type == "cpu" and mp == "fp16") or (
+            mp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported()):
         return contextlib.nullcontext
     dtype = torch.bfloat16 if mp == "bf16" else torch.float16
     return lambda: torch.autocast(device.type, dtype=dtype)
@@ -252,7 +257,7 @@ def _leaf_chunk(leaf: dict, nets: list, arrays: list[np.ndarray], device) -> np.
         ps = [predict_batch(net, xb, torch.tensor(cfg["mean"], device=device).view(1, 3, 1, 1),
                             torch.tensor(cfg["std"], device=device).view(1, 3, 1, 1),
                             cfg["img_size"], rec.train.channels_last, rec.tta.views,
-                            leaf["task"], _autocast(rec, device)).cpu().numpy()
+                            leaf["task"], _autocast(leaf, device)).cpu().numpy()
               for net, cfg in nets]
         out[pos] = np.mean(ps, axis=0)
     return out
