@@ -1,4 +1,4 @@
-"""Print a markdown table of finished runs (train or blend): the README's accuracy-vs-time rows.
+"""Print a markdown table of finished runs (train or blend): the accuracy-vs-time rows of benchmarks/BENCHMARKS.md.
 
     python benchmarks/runs_table.py runs/resnet_fast runs/rfs runs/rfs_targeted \
         --classes leopard squirrel shark dolphin

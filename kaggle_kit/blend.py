@@ -18,11 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit import KitError
-from kaggle_kit import metrics
+from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, run_kind, sha256_file
+from kaggle_kit.workspace import (
+    CompetitionDir,
+    RunDir,
+    check_run_name,
+    disk_full,
+    run_kind,
+    sha256_file,
+)
 
 # ----------------------------------------------------------------------------- members
 
@@ -55,11 +61,16 @@ def _check_member(path: Path, s: dict, comp: CompetitionDir, folds: pd.DataFrame
                        f"{s['folds_sha256'][:12]} != {fsha[:12]} of {comp.folds_path}); retrain "
                        "it on the current folds")
     oof, test = run.read_oof(classes), run.read_test(classes)
+    if oof.empty:
+        raise KitError(f"{run.oof_path}: no OOF rows (a refit-only run?); blends are fitted and "
+                       "scored on OOF rows, so blend runs trained with folds")
     for path, df in ((run.oof_path, oof), (run.test_path, test)):
-        bad = df[classes].isna().any(axis=1) | (df[classes] < 0).any(axis=1)
+        p = df[classes].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        bad = pd.Series(~np.isfinite(p).all(axis=1) | (p < 0).any(axis=1) | (p.sum(axis=1) <= 0),
+                        index=df.index)
         if bad.any():
-            raise KitError(f"{path}: {int(bad.sum())} rows with empty or negative probabilities "
-                           f"(e.g. Id {bad.index[bad][0]}); rerun that run")
+            raise KitError(f"{path}: {int(bad.sum())} rows with empty, infinite, negative or "
+                           f"all-zero probabilities (e.g. Id {bad.index[bad][0]}); rerun that run")
     unknown = oof.index.difference(folds.index)
     if len(unknown):
         raise KitError(f"{run.oof_path}: other Ids than {comp.folds_path}: "
@@ -81,6 +92,11 @@ def load_members(paths: list[Path], data_dir: Path) -> tuple[CompetitionDir, lis
     Members are returned sorted by run name, rows in folds.csv order, columns in class order."""
     if len(paths) < 2:
         raise KitError("kit blend: give at least 2 runs to blend")
+    resolved = [Path(p).resolve() for p in paths]
+    for i, r in enumerate(resolved):  # one run twice would count double, as if two members agreed
+        if r in resolved[:i]:
+            raise KitError(f"{paths[i]}: given twice (also as {paths[resolved.index(r)]}); "
+                           "give each run once")
     summaries = [RunDir(Path(p)).summary() for p in paths]
     first = summaries[0].get("competition")
     for p, s in zip(paths, summaries, strict=True):
@@ -250,6 +266,17 @@ def blend(runs: list[Path], *, method: str = "best", name: str | None = None,
         check_run_name(name)
     if method != "best":
         make_blender(method)  # unknown method -> error before any work
+    try:
+        return _blend(runs, method, name, Path(runs_dir), Path(data_dir), Path(submissions_dir))
+    except OSError as e:
+        err = disk_full(e, Path(runs_dir), "writing the blend")
+        if err is None:
+            raise
+        raise err from None
+
+
+def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data_dir: Path,
+           submissions_dir: Path) -> str:
     comp, members = load_members([Path(r) for r in runs], Path(data_dir))
     task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
     classes, ref = comp.classes, members[0]

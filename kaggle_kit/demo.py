@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kaggle_kit import KitError
+from kaggle_kit.workspace import RunDir
 
 RECIPE_DIRS = (Path("recipes"), Path(__file__).resolve().parents[1] / "recipes")
 
@@ -32,8 +33,12 @@ def find_recipe(name: str) -> Path:
 
 
 def run_demo(workdir: Path, epochs: int | None = None) -> str:
-    """Run fetch -> train x2 -> blend -> submit --dry-run under `workdir`; return the summary.
-    `epochs` overrides the recipe's train.epochs of both members (None: as the recipe says)."""
+    """Run fetch -> train x2 -> blend -> submit --dry-run under `workdir`; return the closing
+    summary (each run's CV, the submission, what to try next). `epochs` overrides the recipe's
+    train.epochs of both members (None: as the recipe says)."""
+    from rich.markup import escape
+
+    from kaggle_kit import show
     from kaggle_kit.blend import blend
     from kaggle_kit.fetch import fetch
     from kaggle_kit.submit import submit
@@ -41,27 +46,51 @@ def run_demo(workdir: Path, epochs: int | None = None) -> str:
 
     console = Console()
     data_dir, runs_dir, subs_dir = workdir / "data", workdir / "runs", workdir / "submissions"
-    t0 = time.perf_counter()
-    console.rule("[bold]1/4 kit fetch demo")
-    fetch("demo", data_dir=data_dir, source=None, force=False, n_folds=4, seed=42, refold=False,
-          id_col=None, label_col=None, train_dir=None, test_dir=None)
+    n_steps, t0 = len(MEMBERS) + 3, time.perf_counter()
+
+    def step(i: int, title: str, command: str) -> None:  # escape: `tta.views=[orig,shift]` is not markup
+        console.rule(f"[bold]{i}/{n_steps} {escape(title)}")
+        console.print(f"$ {escape(command)}", soft_wrap=True)
+
+    def say(text: str) -> None:
+        if text:
+            console.print(escape(text), soft_wrap=True)
+
+    step(1, "fetch", "kit fetch demo")
+    fetched = fetch("demo", data_dir=data_dir, source=None, force=False, n_folds=4, seed=42,
+                    refold=False, id_col=None, label_col=None, train_dir=None, test_dir=None)
+    say(show.fetch_lines(fetched))
     recipe = find_recipe("demo.yaml")
     shrink = [f"train.epochs={epochs}"] if epochs else []
     lines = []
     for i, (name, overrides) in enumerate(MEMBERS.items(), start=2):
         overrides = overrides + shrink
-        console.rule(f"[bold]{i}/4 kit train {recipe} {' '.join(overrides)} --name {name}")
+        step(i, f"train {name}", f"kit train {recipe} {' '.join(overrides)} --name {name}")
         summary = train(recipe, overrides, name=name, runs_dir=runs_dir, data_dir=data_dir,
                         resume=False, force=True)
-        lines.append(f"{name:14s} CV accuracy {summary['cv']['accuracy']:.4f}  "
+        say(show.run_lines(summary, runs_dir))
+        lines.append(f"{runs_dir / name}: CV accuracy {summary['cv']['accuracy']:.4f}  "
                      f"log loss {summary['cv']['log_loss']:.4f}")
-    console.rule("[bold]3/4 kit blend")
+    step(n_steps - 1, "blend", f"kit blend {' '.join(str(runs_dir / n) for n in MEMBERS)} "
+         "--name demo-blend")
     board = blend([runs_dir / n for n in MEMBERS], method="best", name="demo-blend",
                   runs_dir=runs_dir, data_dir=data_dir, submissions_dir=subs_dir)
-    console.print(board)
-    console.rule("[bold]4/4 kit submit --dry-run")
+    say(board)
+    step(n_steps, "submit (dry run)", f"kit submit {runs_dir / 'demo-blend'} --dry-run")
     result = submit(runs_dir / "demo-blend", message="kit demo", dry_run=True, competition=None,
                     timeout=0, data_dir=data_dir, runs_dir=runs_dir, submissions_dir=subs_dir)
-    lines.append(f"submission: {result.get('file') if isinstance(result, dict) else result}")
-    lines.append(f"total {time.perf_counter() - t0:.0f} s")
-    return "\n".join(lines)
+    say(result)
+    return _closing(workdir, runs_dir, lines, time.perf_counter() - t0)
+
+
+def _closing(workdir: Path, runs_dir: Path, lines: list[str], seconds: float) -> str:
+    """The demo's last words: each run's CV and the blend's, what it left where, what next."""
+    blended = RunDir(runs_dir / "demo-blend").summary()["cv"]["accuracy"]
+    return "\n".join([
+        f"demo done in {seconds:.0f} s:", *lines,
+        f"{runs_dir / 'demo-blend'}: CV accuracy {blended:.4f} (the blend, honest nested CV)",
+        f"written under {workdir.resolve()}: data/demo/, runs/demo-a, runs/demo-b, "
+        "runs/demo-blend, submissions/",
+        f"next: kit report {runs_dir / 'demo-b'} --against {runs_dir / 'demo-a'}   "
+        "(per class: what the second recipe changed)",
+        "      kit fetch <competition>, then the README's 'Your own competition'"])

@@ -30,27 +30,33 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
-from kaggle_kit.layout import JUNK, decode_all, detect_layout, image_sizes, validate
+from kaggle_kit.folds import write_folds
+from kaggle_kit.layout import JUNK, decode_all, detect_layout, image_sizes
+from kaggle_kit.layout_target import check_metric
 from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
 
 
 def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | None = None,
           force: bool = False, n_folds: int = 4, seed: int = 42, refold: bool = False,
           id_col: str | None = None, label_col: str | None = None, train_dir: str | None = None,
-          test_dir: str | None = None) -> dict:
+          test_dir: str | None = None, group_col: str | None = None, metric: str | None = None,
+          positive: str | None = None) -> dict:
     """Make `data_dir/<competition>/` verified: files + competition.json + folds.csv + cache.
 
     `source`: a zip or folder to import (offline); else 'demo' is built offline and anything else
     is downloaded with the official client (kaggle_io). Already fetched: verify hashes and do
     nothing, unless `force` (refetch) or `refold` (remake folds with `n_folds`/`seed`); another
-    `n_folds`/`seed` without `refold` is an error. The hint arguments settle ambiguous layouts.
-    Returns a summary dict (status, counts, classes, folds, decode time, cache size, warnings)."""
+    `n_folds`/`seed` without `refold` is an error. The hint arguments settle ambiguous layouts;
+    `group_col` makes group-aware folds, `metric` / `positive` override the detected metric and
+    name the class a one-column probability submission is about. Returns a summary dict (status, counts, classes, folds, decode time, cache size, warnings)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", competition):
         raise KitError(f"competition '{competition}': not a Kaggle slug (letters, digits, '-', '_')")
     if n_folds < 2:
         raise KitError(f"--folds {n_folds}: need at least 2 folds")
     comp = CompetitionDir(Path(data_dir) / competition)
-    hints = {"id_col": id_col, "label_col": label_col, "train_dir": train_dir, "test_dir": test_dir}
+    check_metric(metric)  # an unknown name fails before anything is read or written
+    hints = {"id_col": id_col, "label_col": label_col, "train_dir": train_dir, "test_dir": test_dir,
+             "group_col": group_col, "metric": metric, "positive": positive}
     if comp.meta_path.exists() and not force:
         _same_source(comp, source)
         return _verify_existing(comp, n_folds, seed, refold, hints)
@@ -170,9 +176,9 @@ def _unpack_inner(z: Path) -> None:
 
 def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int, seed: int,
             hints: dict) -> dict:
-    comp.root.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(comp)
     archive, ours = _obtain(comp, source, force)
+    comp.root.parent.mkdir(parents=True, exist_ok=True)  # only now: a failed download leaves no data/
     in_place = in_place_root(archive)
     tmp = Path(tempfile.mkdtemp(dir=comp.root.parent,
                                 prefix=f".{comp.name}.partial-{os.getpid()}-"))
@@ -186,13 +192,18 @@ def _import(comp: CompetitionDir, source: Path | None, force: bool, n_folds: int
                          str(in_place) if in_place else "files")
         _replace_dir(tmp, comp.root)
     except KitError as e:  # name the file inside the archive, not the temp folder
-        msg = str(e).replace(f"{tmp}{os.sep}files{os.sep}", "").replace(f"{tmp}{os.sep}", "")
-        msg = msg.replace(str(tmp), ".")
+        msg = str(e)
+        for path, short in ((f"{tmp}{os.sep}files{os.sep}", ""), (f"{tmp}{os.sep}files", "."),
+                            (f"{tmp}{os.sep}", ""), (str(tmp), ".")):
+            msg = msg.replace(path, short)
         raise KitError(msg if msg.startswith(str(archive)) else f"{archive}: {msg}") from e
     except OSError as e:
         if e.errno == errno.ENOSPC:
+            kept = (f"; the download {archive} ({archive.stat().st_size / 1e6:.0f} MB) is kept so "
+                    "the rerun does not download it again (delete it to free that space)"
+                    if ours and archive.is_file() else "")
             raise KitError(f"{comp.root.parent}: disk full while writing {comp.name}; free space "
-                           "and rerun (nothing was kept)") from e
+                           f"and rerun (nothing of {comp.name} was kept{kept})") from e
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -253,26 +264,30 @@ def _replace_dir(new: Path, final: Path) -> None:
 
 def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict,
            origin: dict, source: str) -> dict:
-    """Detect, validate, hash, fold and cache the competition whose shipped files are in
+    """Detect, validate, index, hash, fold and cache the competition whose shipped files are in
     `source` ("files" = `comp.root/files`, or an absolute folder read in place)."""
     src = comp.root / source if source == "files" else Path(source)
-    layout = detect_layout(src, **hints)
-    labels, test_ids, warnings = validate(src, layout, n_folds)
-    sizes = image_sizes(src, layout, labels["Id"].tolist(), test_ids)
+    layout, train, test, warnings = detect_layout(src, comp.root, hints)
+    img_root = comp.root if layout["image_root"] == "kit" else src
+    paths = [img_root / p for p in (*train["path"], *test["path"])]
+    sizes = image_sizes(paths)
     if len(sizes) > 1:
         warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
                         f"{sizes}; no native cache is built: set data.image_size in the recipe "
                         "so they are resized to one size")
-        decode_all(src, layout, labels["Id"].tolist(), test_ids)  # no cache to catch it
+        decode_all(paths)  # no cache to catch a truncated image
+    write_csv(comp.index_path("train"), train)
+    write_csv(comp.index_path("test"), test)
     check = "sha256" if source == "files" else "stat"
     files = {p.relative_to(src).as_posix(): file_stamp(p, check)
              for p in sorted(src.rglob("*")) if p.is_file()}
     meta = {"name": name, "source": source, **layout,
-            "classes": sorted(labels["label"].unique()),
-            "n_train": len(labels), "n_test": len(test_ids), "image_sizes": sizes,
+            "n_train": len(train), "n_test": len(test), "image_sizes": sizes,
+            "index": {s: sha256_file(comp.index_path(s)) for s in ("train", "test")},
             "folds": {}, "files": files, "file_check": check, "cache": {}, "origin": origin}
     comp.write_meta(meta)
-    meta["folds"] = write_folds(comp, n_folds, seed)
+    meta["folds"], fold_warnings = write_folds(comp, n_folds, seed)
+    warnings += fold_warnings
     for w in warnings:
         _say(f"warning: {w}")
     if len(sizes) == 1:
@@ -293,7 +308,7 @@ def file_stamp(path: Path, check: str) -> str:
 
 def _build_caches(comp: CompetitionDir) -> dict:
     """Native caches for train and test ({"train_native": info, ...}); decodes only if missing."""
-    from kaggle_kit.images import build_cache
+    from kaggle_kit.cache import build_cache  # not images: that imports torch
 
     cache = {}
     for split in ("train", "test"):  # full check: re-hashes the cache against its build record
@@ -311,6 +326,8 @@ def _build_caches(comp: CompetitionDir) -> dict:
 def _summary(meta: dict, warnings: list[str], decode_s: float) -> dict:
     cache = meta.get("cache", {})
     return {"competition": meta["name"], "classes": len(meta["classes"]),
+            "task": meta.get("task"), "metric": meta.get("metric"),
+            "submission": meta.get("submission"),
             "n_train": meta["n_train"], "n_test": meta["n_test"], "folds": meta["folds"],
             "image_sizes": meta["image_sizes"],
             "decode_s": round(decode_s, 3),  # spent in this call
@@ -320,26 +337,6 @@ def _summary(meta: dict, warnings: list[str], decode_s: float) -> dict:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------- folds
-
-
-def make_folds(labels: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """Stratified k-fold (shuffled with `seed`) of labels (Id, label) -> Id, label, fold."""
-    from sklearn.model_selection import StratifiedKFold
-
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    fold = np.empty(len(labels), dtype=int)
-    for k, (_, val) in enumerate(skf.split(np.zeros(len(labels)), labels["label"])):
-        fold[val] = k
-    return pd.DataFrame({"Id": labels["Id"].values, "label": labels["label"].values, "fold": fold})
-
-
-def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> dict:
-    """Write folds.csv for `comp` and return its record {"k", "seed", "sha256"}."""
-    write_csv(comp.folds_path, make_folds(comp.labels(), n_folds, seed))
-    return {"k": n_folds, "seed": seed, "sha256": sha256_file(comp.folds_path)}
 
 
 # ----------------------------------------------------------------------------- rerun
@@ -368,19 +365,25 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
     or a cache file went missing."""
     meta = comp.meta()
     src = comp.source_root  # an old-layout folder: the one-line refetch error
+    given = meta.get("hints", {})
     for key, val in hints.items():
-        if val is not None and meta.get(key) != val:
-            raise KitError(f"{comp.meta_path}: recorded {key}={meta.get(key)!r}, not {val!r}; "
-                           "pass --force to refetch and re-detect with the new option")
+        if val is not None and val not in (meta.get(key), given.get(key)):
+            raise KitError(f"{comp.meta_path}: recorded {key}={given.get(key, meta.get(key))!r}, "
+                           f"not {val!r}; pass --force to refetch and re-detect with the option")
     check = meta.get("file_check", "sha256")
     bad = [rel for rel, h in meta["files"].items()
            if not (src / rel).is_file() or file_stamp(src / rel, check) != h]
+    bad += [comp.index_path(s).name for s, h in meta.get("index", {}).items()
+            if not comp.index_path(s).is_file() or sha256_file(comp.index_path(s)) != h]
     if bad:
-        raise KitError(f"{src / bad[0]}: missing or changed since fetch ({len(bad)} files); "
+        where = comp.root if bad[0].endswith("_index.csv") else src
+        raise KitError(f"{where / bad[0]}: missing or changed since fetch ({len(bad)} files); "
                        "rerun with --force to refetch")
     status = "no-op: already fetched and verified"
     if _check_folds(comp, meta["folds"], n_folds, seed, refold):
-        meta["folds"] = write_folds(comp, n_folds, seed)
+        meta["folds"], fold_warnings = write_folds(comp, n_folds, seed)
+        for w in fold_warnings:
+            _say(f"warning: {w}")
         status = f"refolded: folds.csv remade with --folds {n_folds} --seed {seed}"
     decode_s = 0.0
     if len(meta["image_sizes"]) == 1:

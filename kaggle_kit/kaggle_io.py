@@ -80,11 +80,26 @@ def _scrub(text: str) -> str:
     return " ".join(text.split())  # one line
 
 
-def _api():
-    """An authenticated KaggleApi; KitError (both ways to give credentials) if there are none."""
+def check_credentials() -> None:
+    """KitError (both ways to give credentials) unless the client will find some: callers check
+    this before work that must not be half done (an upload, a download into a new folder)."""
     if not _has_credentials():
         raise KitError(f"no Kaggle credentials found: {CRED_HELP}")
-    with contextlib.redirect_stdout(io.StringIO()):  # `import kaggle` authenticates and prints help
+
+
+def _pass_on_warnings(printed: str) -> None:
+    """The client's own warnings (e.g. kaggle.json readable by other users) to stderr, scrubbed;
+    the rest of what it prints while authenticating (help text) stays hidden."""
+    for line in dict.fromkeys(printed.splitlines()):  # once each, in order
+        if line.strip().lower().startswith("warning"):
+            print(_scrub(line), file=sys.stderr, flush=True)
+
+
+def _api():
+    """An authenticated KaggleApi; KitError (both ways to give credentials) if there are none."""
+    check_credentials()
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # `import kaggle` authenticates and prints help
         from kaggle.api.kaggle_api_extended import KaggleApi
     api = KaggleApi()
     # KaggleApi reads its config dir and LOCALHOST switch once, when `kaggle` is first imported;
@@ -93,10 +108,12 @@ def _api():
     api.config = os.path.join(api.config_dir, "kaggle.json")
     api.args = ["--local"] if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else []
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(printed):
             api.authenticate()
     except SystemExit:
         raise KitError(f"Kaggle credentials incomplete or unreadable: {CRED_HELP}") from None
+    finally:
+        _pass_on_warnings(printed.getvalue())
     return api
 
 
@@ -201,11 +218,20 @@ def download_competition(competition: str, dest_dir: Path, force: bool = False,
             raise KitError(f"{competition}: Kaggle sent a file that is not a zip; rerun to retry")
         os.replace(part, final)
     except KitError:
+        _remove_empty(part_dir, dest_dir)
         raise
     except Exception as e:
+        _remove_empty(part_dir, dest_dir)  # a partial zip stays (the rerun resumes it)
         raise _explain(e, competition, f"downloading {competition}.zip to {dest_dir}") from e
     shutil.rmtree(part_dir, ignore_errors=True)
     return final
+
+
+def _remove_empty(*folders: Path) -> None:
+    """rmdir each folder that is empty (401/403/404 before any byte: no empty .downloads/ left)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _download(api, competition: str, outfile: Path, retries: int) -> None:

@@ -1,63 +1,69 @@
-"""Layout detection and validation of an unpacked Kaggle competition folder (used by fetch.py).
+"""Layout detection of an unpacked Kaggle competition folder (used by fetch.py).
 
-`detect_layout` finds the label CSV, id/label columns, sample submission, train/test image folders
-and the extension; `validate` checks the CSVs against the image folders; `image_sizes` reads the
-size histogram from image headers. Errors raise KitError naming the file/line and the fix.
+`detect_layout` finds the sample submission, the train labels (a label CSV -- one label column,
+one-hot columns or space-separated lists -- or, with no label CSV, one folder per class or the
+label in the file name, or pixels in CSV columns), joins every train and test Id to its image file
+(by name, with or without the extension, in a folder or its class subfolders; never by listing
+order), and reads the task, metric and submission format (layout_target.py). It returns kit's
+index of both splits: the rows fetch writes as `train_index.csv` / `test_index.csv`.
+Errors raise KitError naming the file/line and the flag that settles an ambiguity.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from kaggle_kit import KitError
+from kaggle_kit.layout_find import (JUNK, IMAGE_EXTS, common_ext, has_ext,  # noqa: F401
+                                    image_dirs, labels_from_files, orphans, pick_dir, resolve)
+from kaggle_kit.layout_target import class_names, detect_target, read_labels
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-JUNK = {"__MACOSX", ".DS_Store", "Thumbs.db"}
-
-
-# ----------------------------------------------------------------------------- layout
-
-
-def detect_layout(root: Path, id_col: str | None = None, label_col: str | None = None,
-                  train_dir: str | None = None, test_dir: str | None = None) -> dict:
-    """Find label CSV, id/label columns, sample submission, train/test image folders and the
-    extension, joining CSV Ids to file names. Returns the layout keys of competition.json.
-    Ambiguity raises KitError naming the option (--id-col/--label-col/--train-dir/--test-dir)."""
-    csvs = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.csv"))
-    sample = _pick_sample(root, csvs)
-    sub = _read_csv(root / sample)
-    labels_csv = _pick_labels_csv(root, [c for c in csvs if c != sample], id_col, label_col)
-    df = _read_csv(root / labels_csv)
-    for csv, n in ((labels_csv, len(df)), (sample, len(sub))):
-        if n == 0:
-            raise KitError(f"{csv}: no rows; refetch with --force (is this the right competition?)")
-    id_col = id_col or _pick_id_col(labels_csv, df, sub)
-    label_col = label_col or _pick_label_col(labels_csv, df, sub, id_col)
-    for col, opt in ((id_col, "--id-col"), (label_col, "--label-col")):
-        if col not in df.columns:
-            raise KitError(f"{labels_csv}: no column '{col}'; pass {opt} (one of {list(df.columns)})")
-    dirs = _image_dirs(root)
-    if not dirs:
-        raise KitError(f"{root}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
-    train_ids = df[id_col].tolist()
-    test_ids = sub[sub.columns[0]].tolist() if id_col not in sub.columns else sub[id_col].tolist()
-    with_ext = all(Path(i).suffix.lower() in IMAGE_EXTS for i in train_ids[:100])
-    train_dir = _pick_dir("train", train_ids, dirs, train_dir, with_ext, None)
-    test_dir = _pick_dir("test", test_ids, dirs, test_dir, with_ext, train_dir)
-    ext = "" if with_ext else _common_ext(dirs[train_dir], set(train_ids))
-    return {"id_col": id_col, "label_col": label_col, "labels_csv": labels_csv,
-            "train_dir": train_dir, "test_dir": test_dir, "ext": ext,
-            "sample_submission": sample, "submission_columns": list(sub.columns)}
+HINTS = ("id_col", "label_col", "train_dir", "test_dir", "group_col", "metric", "positive")
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def detect_layout(src: Path, kit_root: Path, hints: dict) -> tuple[dict, pd.DataFrame,
+                                                                    pd.DataFrame, list[str]]:
+    """(competition.json layout keys, train index Id/label/path[/group], test index Id/path,
+    warnings) for the shipped files in `src`. Pixel CSVs are written as PNGs under
+    `kit_root/pixels/` (layout_pixels.py). `hints`: the fetch flags in HINTS (None = detect)."""
+    hints = {k: hints.get(k) for k in HINTS}
+    csvs = sorted(p.relative_to(src).as_posix() for p in src.rglob("*.csv")
+                  if not JUNK & set(p.relative_to(src).parts))
+    sample = _pick_sample(src, csvs)
+    sub = read_csv(src / sample)
+    if hints["id_col"] and hints["id_col"] in sub.columns and sub.columns[0] != hints["id_col"]:
+        raise KitError(f"{sample}: the Id column comes first; '{sub.columns[0]}' is")
+    if len(sub) == 0:
+        raise KitError(f"{sample}: no rows; refetch with --force (is this the right competition?)")
+    from kaggle_kit.layout_pixels import detect_pixels, pixel_csvs
+
+    if pixel_csvs(src, csvs):
+        layout, train, test, warnings = detect_pixels(src, kit_root, csvs, sample, sub, hints)
+    else:
+        layout, train, test, warnings = _detect_files(src, csvs, sample, sub, hints)
+    _check_ids(layout["labels_csv"] or layout["train_dir"], train["Id"])
+    _check_ids(sample, test["Id"])
+    _check_labels(layout, train)
+    multilabel = layout.pop("multilabel")
+    target = detect_target(sample, sub, train["label"], multilabel,
+                           layout["labels_csv"] or layout["train_dir"], hints["metric"],
+                           hints["positive"])
+    skip = {sample, *(c for c in csvs if sub.columns[0] in read_csv(src / c, nrows=0).columns)}
+    names, map_file = class_names(src, target["classes"], skip | {layout["labels_csv"]})
+    layout.update(target, class_names=names, label_map=map_file, id_col=sub.columns[0],
+                  sample_submission=sample, submission_columns=list(sub.columns),
+                  hints={k: v for k, v in hints.items() if v is not None})
+    return layout, train, test, warnings
+
+
+def read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
+    """A CSV with every value as text (Ids like `007` keep their zeros), or a one-line error."""
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, nrows=nrows)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise KitError(f"{path}: not a readable CSV ({e}); refetch with --force") from e
 
@@ -72,104 +78,104 @@ def _pick_sample(root: Path, csvs: list[str]) -> str:
     return samples[0]
 
 
-def _pick_labels_csv(root: Path, csvs: list[str], id_col: str | None, label_col: str | None) -> str:
-    cands = csvs
-    if id_col or label_col:
-        want = {c for c in (id_col, label_col) if c}
-        cands = [c for c in csvs if want <= set(_read_csv(root / c).columns)]
+def _detect_files(src: Path, csvs: list[str], sample: str, sub: pd.DataFrame,
+                  hints: dict) -> tuple[dict, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Image files on disk: labels from a label CSV, or from folders / file names."""
+    dirs = image_dirs(src)
+    if not dirs:
+        raise KitError(f"{src}: no image files ({', '.join(sorted(IMAGE_EXTS))}) found")
+    labels_csv = _pick_labels_csv(src, [c for c in csvs if c != sample], sub, hints)
+    test = pd.DataFrame({"Id": sub[sub.columns[0]]})
+    if labels_csv is None:
+        test_dir = pick_dir("test", test["Id"].tolist(), dirs, hints["test_dir"], None)
+        train_dir, train, kind = labels_from_files(dirs, test_dir, hints["train_dir"], sample)
+        label_col, multilabel = None, False
+        if hints["group_col"]:
+            raise KitError(f"--group-col {hints['group_col']}: no label CSV holds it ({sample} "
+                           "is the only CSV)")
+    else:
+        df = read_csv(src / labels_csv)
+        if len(df) == 0:
+            raise KitError(f"{labels_csv}: no rows; refetch with --force (is this the right "
+                           "competition?)")
+        id_col = _pick_id_col(labels_csv, df, sub, hints["id_col"])
+        labels, label_col, multilabel = read_labels(labels_csv, df, sub, id_col,
+                                                    hints["label_col"], hints["group_col"])
+        train = pd.DataFrame({"Id": df[id_col], "label": labels})
+        if hints["group_col"]:
+            train["group"] = _group(labels_csv, df, hints["group_col"])
+        train_dir = pick_dir("train", train["Id"].tolist(), dirs, hints["train_dir"], None)
+        train["path"] = resolve(labels_csv, train["Id"], dirs, train_dir)
+        test_dir = pick_dir("test", test["Id"].tolist(), dirs, hints["test_dir"], train_dir)
+        kind = "one_hot" if multilabel and "," in label_col else "label_csv"
+    test["path"] = resolve(sample, test["Id"], dirs, test_dir)
+    warnings = _orphans(dirs, train, test, train_dir, test_dir, labels_csv or train_dir, sample)
+    layout = {"layout": kind, "labels_csv": labels_csv, "label_col": label_col,
+              "train_id_col": None if labels_csv is None else id_col,
+              "group_col": hints["group_col"], "train_dir": train_dir, "test_dir": test_dir,
+              "ext": "" if has_ext(train["Id"].tolist()) else common_ext(
+                  {p: [p] for p in train["path"]}),
+              "image_root": "source", "multilabel": multilabel}
+    return layout, train, test, warnings
+
+
+def _pick_labels_csv(root: Path, csvs: list[str], sub: pd.DataFrame, hints: dict) -> str | None:
+    """The CSV with the training labels; None when there is none (folder / file-name labels).
+    Prefers CSVs holding the sample's Id column, then ones named like train/label."""
+    cols = {c: set(read_csv(root / c, nrows=0).columns) for c in csvs}
+    cands = [c for c in csvs if len(cols[c]) > 1]
+    want = {c for c in (hints["id_col"], hints["label_col"]) if c}
+    named = lambda cs: [c for c in cs if re.search(r"train|label", Path(c).name.lower())]  # noqa
+    if want:
+        cands = [c for c in cands if want <= cols[c]]
+    else:
+        cands = [c for c in cands if sub.columns[0] in cols[c]] or named(cands)
+        if not cands:
+            return None
     if len(cands) > 1:
-        cands = [c for c in cands if re.search(r"train|label", Path(c).name.lower())] or cands
+        cands = named(cands) or cands
     if len(cands) != 1:
         raise KitError(f"{root}: cannot tell which CSV holds the training labels ({cands or csvs}); "
                        "pass --id-col and --label-col naming columns only that CSV has")
     return cands[0]
 
 
-def _pick_id_col(labels_csv: str, df: pd.DataFrame, sub: pd.DataFrame) -> str:
+def _pick_id_col(labels_csv: str, df: pd.DataFrame, sub: pd.DataFrame, hint: str | None) -> str:
+    if hint is not None:
+        if hint not in df.columns:
+            raise KitError(f"{labels_csv}: no column '{hint}'; pass --id-col (one of "
+                           f"{list(df.columns)})")
+        return hint
     if sub.columns[0] in df.columns:
         return sub.columns[0]
-    named = [c for c in df.columns if re.fullmatch(r"(image_?)?id|image|file_?name|file", c.lower())]
+    named = [c for c in df.columns if re.fullmatch(r"(image_?)?id|image|file_?name|file|img",
+                                                   c.lower())]
     if len(named) != 1:
         raise KitError(f"{labels_csv}: cannot tell the Id column; pass --id-col "
                        f"(one of {list(df.columns)})")
     return named[0]
 
 
-def _pick_label_col(labels_csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str) -> str:
-    if len(sub.columns) == 2 and sub.columns[1] in df.columns and sub.columns[1] != id_col:
-        return sub.columns[1]
-    rest = [c for c in df.columns if c != id_col]
-    if len(rest) != 1:
-        raise KitError(f"{labels_csv}: cannot tell the label column; pass --label-col "
-                       f"(one of {rest})")
-    return rest[0]
+def _group(labels_csv: str, df: pd.DataFrame, col: str) -> pd.Series:
+    if col not in df.columns:
+        raise KitError(f"--group-col {col}: no such column in {labels_csv} (one of "
+                       f"{list(df.columns)})")
+    empty = df.index[df[col].str.strip() == ""]
+    if len(empty):
+        raise KitError(f"{labels_csv} line {empty[0] + 2}: empty {col} (the --group-col); fill "
+                       "it in or remove the row")
+    return df[col]
 
 
-def _image_dirs(root: Path) -> dict[str, list[str]]:
-    """{folder relative to root ('.' for root): image file names in it}."""
-    out = {}
-    for d, _, names in os.walk(root):
-        imgs = [n for n in names if Path(n).suffix.lower() in IMAGE_EXTS]
-        rel = Path(d).relative_to(root).as_posix()
-        if imgs and not JUNK & set(Path(rel).parts):
-            out[rel] = imgs
-    return out
-
-
-def _pick_dir(role: str, ids: list[str], dirs: dict[str, list[str]], hint: str | None,
-              with_ext: bool, exclude: str | None) -> str:
-    """The folder whose file names cover `ids` best, preferring one named like `role`."""
-    if hint is not None:
-        hint = PurePosixPath(hint).as_posix()
-        if hint not in dirs:
-            raise KitError(f"--{role}-dir {hint}: no images there; folders with images: "
-                           f"{sorted(dirs)}")
-        return hint
-    want = set(ids)
-    cover = {d: len(want & {n if with_ext else Path(n).stem for n in names}) / max(len(want), 1)
-             for d, names in dirs.items()}
-    cands = [d for d, c in cover.items() if c > 0 and (d != exclude or len(dirs) == 1)]
-    named = [d for d in cands if role in d.lower()]
-    cands = named or cands
-    best = max((cover[d] for d in cands), default=0)
-    top = [d for d in cands if cover[d] == best]
-    if len(top) != 1:
-        raise KitError(f"cannot tell the {role} image folder (candidates: "
-                       f"{ {d: round(cover[d], 3) for d in top} or sorted(dirs)} = share of "
-                       f"{role} Ids found); pass --{role}-dir")
-    return top[0]
-
-
-def _common_ext(names: list[str], ids: set[str]) -> str:
-    exts = pd.Series([Path(n).suffix for n in names if Path(n).stem in ids])
-    return str(exts.mode().iloc[0]) if len(exts) else Path(names[0]).suffix
+def _orphans(dirs, train, test, train_dir, test_dir, train_csv, sample) -> list[str]:
+    if train_dir == test_dir:  # one shared folder: its images are train or test
+        return orphans(dirs, train_dir, set(train["path"]) | set(test["path"]),
+                       f"{train_csv} or {sample}")
+    return (orphans(dirs, train_dir, set(train["path"]), train_csv)
+            + orphans(dirs, test_dir, set(test["path"]), sample))
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def validate(root: Path, layout: dict, n_folds: int) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Check the label CSV and sample submission against the image folders.
-    Returns (labels Id/label in CSV order, test Ids, warnings); errors raise KitError."""
-    lcsv, sample = layout["labels_csv"], layout["sample_submission"]
-    df = _read_csv(root / lcsv)
-    labels = df[[layout["id_col"], layout["label_col"]]].set_axis(["Id", "label"], axis=1)
-    sub = _read_csv(root / sample)
-    test_ids = sub[layout["id_col"] if layout["id_col"] in sub.columns else sub.columns[0]]
-    _check_ids(lcsv, labels["Id"])
-    _check_ids(sample, test_ids)
-    empty = labels.index[labels["label"].str.strip() == ""]
-    if len(empty):
-        i = empty[0]
-        raise KitError(f"{lcsv} line {i + 2}: Id {labels['Id'][i]} has an empty "
-                       f"{layout['label_col']} ({len(empty)} rows); fill it in or remove the row")
-    _check_files(root, layout, lcsv, labels["Id"], "train")
-    _check_files(root, layout, sample, test_ids, "test")
-    counts = labels["label"].value_counts()
-    if counts.min() < n_folds:
-        raise KitError(f"{lcsv}: class '{counts.idxmin()}' has {counts.min()} images, fewer than "
-                       f"--folds {n_folds}; pass --folds {max(2, counts.min())} or add images")
-    return labels, test_ids.tolist(), _orphans(root, layout, labels["Id"], test_ids)
 
 
 def _check_ids(csv: str, ids: pd.Series) -> None:
@@ -184,49 +190,26 @@ def _check_ids(csv: str, ids: pd.Series) -> None:
                        f"{len(dup)} duplicate rows); remove the duplicate row")
 
 
-def _check_files(root: Path, layout: dict, csv: str, ids: pd.Series, split: str) -> None:
-    folder, ext = layout[f"{split}_dir"], layout["ext"]
-    present = set(os.listdir(root / folder))
-    missing = ids.index[~(ids + ext).isin(present)]
-    if len(missing):
-        i = missing[0]
-        raise KitError(f"{csv} line {i + 2}: no image {folder}/{ids[i]}{ext} for Id {ids[i]} "
-                       f"({len(missing)} missing); restore it (kit fetch --force) or remove the row")
+def _check_labels(layout: dict, train: pd.DataFrame) -> None:
+    empty = train.index[train["label"].str.strip() == ""]
+    if len(empty):
+        i = empty[0]
+        col = layout["label_col"] or "label"
+        raise KitError(f"{layout['labels_csv']} line {i + 2}: Id {train['Id'][i]} has an empty "
+                       f"{col} ({len(empty)} rows); fill it in or remove the row")
 
 
-def _orphans(root: Path, layout: dict, train_ids: pd.Series, test_ids: pd.Series) -> list[str]:
-    """Warnings for images that no CSV row names (they are ignored)."""
-    warnings, ext = [], layout["ext"]
-    splits = [("train", train_ids), ("test", test_ids)]
-    if layout["train_dir"] == layout["test_dir"]:  # one folder: its images are train or test
-        splits = [("train", pd.concat([train_ids, test_ids]))]
-    for split, ids in splits:
-        folder = layout[f"{split}_dir"]
-        known = set(ids + ext)
-        extra = sorted(n for n in os.listdir(root / folder)
-                       if Path(n).suffix.lower() in IMAGE_EXTS and n not in known)
-        if extra:
-            csv = layout["labels_csv"] if split == "train" else layout["sample_submission"]
-            warnings.append(f"{folder}/{extra[0]}: image with no row in {csv} ({len(extra)} such "
-                            "images); ignored: add rows for them to use them")
-    return warnings
-
-
-def decode_all(root: Path, layout: dict, train_ids: list[str], test_ids: list[str]) -> None:
+def decode_all(paths: list[Path]) -> None:
     """Decode every image once (and drop it): finds truncated files when no cache is built."""
-    from kaggle_kit.images import decode_image
+    from kaggle_kit.decode import decode_image
 
-    for split, ids in (("train", train_ids), ("test", test_ids)):
-        for i in ids:
-            decode_image(root / layout[f"{split}_dir"] / f"{i}{layout['ext']}")
+    for path in paths:
+        decode_image(path)
 
 
-def image_sizes(root: Path, layout: dict, train_ids: list[str],
-                test_ids: list[str]) -> dict[str, int]:
-    """Size histogram {"HxW": n} of all train + test images, most common first (headers only)."""
+def image_sizes(paths: list[Path]) -> dict[str, int]:
+    """Size histogram {"HxW": n} of the images at `paths`, most common first (headers only)."""
     hist: dict[str, int] = {}
-    paths = [root / layout["train_dir"] / f"{i}{layout['ext']}" for i in train_ids]
-    paths += [root / layout["test_dir"] / f"{i}{layout['ext']}" for i in test_ids]
     for path in paths:
         try:  # reads the header only: truncation is caught when decoding
             with Image.open(path) as im:

@@ -277,7 +277,8 @@ def oof_scores(oof: pd.DataFrame, labels: pd.Series, classes: list[str],
     cv = scores(np.ones(len(y), dtype=bool))
     per_fold = [{"fold": int(k), **scores(folds == k)} for k in sorted(set(folds.tolist()))]
     for n in dict.fromkeys(["accuracy", metric]):
-        cv[f"{n}_std"] = float(np.nanstd([f[n] for f in per_fold])) if per_fold else float("nan")
+        vals = [f[n] for f in per_fold if not np.isnan(f[n])]  # NaN: undefined on that fold
+        cv[f"{n}_std"] = float(np.std(vals)) if vals else float("nan")
     return {"cv": cv, "per_fold": per_fold, "per_class": per_class_recall(y, p, classes, task)}
 
 

@@ -317,16 +317,40 @@ def _classifier_keys(cfg) -> list[str]:
     return [h + ".weight" for h in ((heads,) if isinstance(heads, str) else heads)]
 
 
+def _coverage(model: nn.Module, shapes: dict, cfg) -> tuple[list[str], list[str], list[str]]:
+    """(loaded keys, trunk keys, missing trunk keys) of model.state_dict() against a file's
+    {key: shape}: a key loads when the file has it with the same shape."""
+    heads = tuple(k.removesuffix(".weight") for k in _classifier_keys(cfg))
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    loaded = [k for k, shape in own.items() if shapes.get(k) == shape]
+    trunk = [k for k in own if not (heads and k.startswith(heads))]
+    return loaded, trunk, [k for k in trunk if shapes.get(k) != own[k]]
+
+
 def _check_file_fits(model: nn.Module, shapes: dict, path: Path, name: str, cfg) -> None:
     """timm loads non-strictly when it swaps the head: refuse a file that holds under half of the
     model's trunk tensors (another architecture), which would otherwise load silently."""
-    heads = tuple(k.removesuffix(".weight") for k in _classifier_keys(cfg))
-    trunk = [k for k in model.state_dict() if not (heads and k.startswith(heads))]
-    missing = [k for k in trunk if k not in shapes]
+    _, trunk, missing = _coverage(model, shapes, cfg)
     if trunk and len(missing) > len(trunk) / 2:
         raise KitError(f"model.pretrained_file: {path} does not fit {name} ({len(missing)} of "
-                       f"{len(trunk)} tensors missing, e.g. {missing[0]}); use weights saved "
-                       "from the same architecture")
+                       f"{len(trunk)} trunk tensors missing, e.g. {missing[0]}); use weights "
+                       "saved from the same architecture")
+
+
+def load_report(model: nn.Module, pretrained_file: str | Path) -> str:
+    """One line: how many of the model's tensors `pretrained_file` filled in, and which start
+    random (e.g. resnet18 weights in a resnet34: 'loaded 120 of 216 tensors ... 96 random')."""
+    path = Path(pretrained_file).expanduser()
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    loaded, trunk, missing = _coverage(model, _file_shapes(path), timm.models.get_pretrained_cfg(name))
+    total = len(model.state_dict())
+    line = f"model.pretrained_file: loaded {len(loaded)} of {total} tensors of {name} from {path.name}"
+    new_head = total - len(loaded) - len(missing)
+    if new_head:
+        line += f"; classifier new ({new_head} tensors)"
+    if missing:
+        line += f"; {len(missing)} trunk tensors start random, e.g. {', '.join(missing[:2])}"
+    return line
 
 
 def _check_weights_reachable(name: str, cfg) -> None:

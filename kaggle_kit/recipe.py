@@ -49,31 +49,40 @@ class Model(_Strict):
 
 
 class Train(_Strict):
-    epochs: int = Field(ge=1)
+    epochs: int = Field(ge=1)  # passes over the training images, per model (fold or refit)
     batch_size: int = Field(128, ge=1)  # images per optimizer micro-step, summed over processes
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw"] = "sgd"  # SGD (nesterov by default) or AdamW
     lr: float = Field(gt=0)  # peak learning rate per 256 images: scaled by batch_size*grad_accum/256
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd momentum / adamw beta1
     nesterov: bool = True  # sgd only
-    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"
+    schedule: Literal["onecycle", "cosine", "step", "constant"] = "onecycle"  # per optimizer step
     warmup_epochs: float = Field(0.0, ge=0)  # linear warmup from 0 (onecycle: the rising part)
     step_epochs: int = Field(10, ge=1)  # schedule=step: multiply lr by step_gamma every N epochs
-    step_gamma: float = Field(0.5, gt=0, le=1)
-    weight_decay: float = Field(5e-4, ge=0)  # on weights only (not norms/biases); sgd: L2
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    step_gamma: float = Field(0.5, gt=0, le=1)  # schedule=step: the lr factor
+    weight_decay: float = Field(5e-4, ge=0)  # on weights only (not norms, biases, pos_embed,
+    # cls_token: timm.optim.create_optimizer_v2 + the net's no_weight_decay()); sgd: L2
+    layer_decay: float | None = Field(None, gt=0, le=1)  # ViT-style layer-wise lr decay (timm nets
+    # with group_matcher): lr * layer_decay^(depth - layer); None = off
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # cross-entropy label smoothing
     mixup: float = Field(0.0, ge=0)  # Beta(alpha, alpha) mixup; 0 = off
     cutmix: float = Field(0.0, ge=0)  # Beta(alpha, alpha) cutmix; 0 = off
     mix_prob: float = Field(1.0, ge=0, le=1)  # fraction of batches mixed when mixup/cutmix on
-    ema: float | None = Field(None, gt=0, lt=1)  # EMA decay per optimizer step, e.g. 0.999
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16 on capable GPUs
-    grad_accum: int = Field(1, ge=1)
+    ema: float | None = Field(None, gt=0, lt=1)  # EMA decay per optimizer step, e.g. 0.999,
+    # reached after a warmup (timm ModelEmaV3: decay_t = min(ema, 1 - (1 + t)^-2/3))
+    # auto: accelerate's launch flag / config if it set fp16/bf16, else bf16 on GPUs of compute
+    # capability >= 8.0, fp16 on older GPUs (T4, P100), none on CPU. An explicit value wins.
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    grad_accum: int = Field(1, ge=1)  # micro-batches per optimizer step
     channels_last: bool = True  # faster on this CPU (+10-25%) and on tensor-core GPUs
-    compile: bool = False  # torch.compile the model (slow first epoch)
+    compile: bool = False  # torch.compile the model after accelerate wraps it (slow first epoch)
+    sync_bn: bool = False  # SyncBatchNorm across GPU processes (small per-GPU batches); not on CPU
+    log_with: Literal["tensorboard", "wandb", "mlflow"] | None = None  # accelerate tracker: metrics
+    # per epoch (tensorboard: runs/<run>/kit-<competition>-<run>/); needs that package installed
     max_minutes: float | None = Field(None, gt=0)  # wall-time budget, split evenly over models
     checkpoint: Literal["last", "best"] = "last"  # best = lowest validation loss
     num_workers: int = Field(2, ge=0)  # only used when per-image albumentations are needed
     threads: int | None = Field(None, ge=1)  # CPU threads for torch; None = torch's default (all
-    # cores). On a shared / oversubscribed CPU, 1 is often faster (measured here: 174 vs 63-134 img/s)
+    # cores). On a shared / oversubscribed CPU, 1 is often faster
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -104,6 +113,9 @@ class Augment(_Strict):
     targeted: Targeted | None = None
 
 
+MAX_REFIT = 100  # refit models (seeds) of one run
+
+
 class CV(_Strict):
     folds: list[int] | None = None  # which folds of folds.csv to run; None = all
     refit: bool | int = False  # also train on all train images: False, True (=1) or N seeds
@@ -111,8 +123,16 @@ class CV(_Strict):
 
     @model_validator(mode="after")
     def _refit_for_test(self) -> CV:
+        if not isinstance(self.refit, bool) and not 0 <= self.refit <= MAX_REFIT:
+            raise ValueError(f"refit: {self.refit} must be true/false or a number of refit "
+                             f"models from 0 to {MAX_REFIT}")
+        if self.folds is not None and any(k < 0 for k in self.folds):
+            raise ValueError(f"folds: {self.folds} must be fold numbers >= 0 (or null = all)")
         if self.test_from != "folds" and not self.refit:
             raise ValueError(f"test_from: {self.test_from} needs refit: true (or a number)")
+        if self.folds == [] and self.test_from != "refit":
+            raise ValueError("folds: [] trains no fold model; a refit-only run needs refit: true "
+                             "and test_from: refit (it has no CV estimate)")
         return self
 
     @property
@@ -125,14 +145,16 @@ class TTA(_Strict):
 
 
 class Recipe(_Strict):
-    competition: str
+    competition: str  # folder under data/ (`kit fetch <competition>` makes it)
     data: Data = Data()
     model: Model
     train: Train
     augment: Augment = Augment()
     cv: CV = CV()
     tta: TTA = TTA()
-    seed: int = 0
+    # weights, batch order and augmentation; the fold split is fetch's --seed. numpy / torch
+    # seeds are non-negative; 32-bit keeps seed + refit index in range everywhere
+    seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -16,8 +16,14 @@ import pandas as pd
 
 from kaggle_kit import KitError
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import (CompetitionDir, RunDir, run_kind, sha256_file, write_csv,
-                                  write_text)
+from kaggle_kit.workspace import (
+    CompetitionDir,
+    RunDir,
+    run_kind,
+    sha256_file,
+    write_csv,
+    write_text,
+)
 
 # ----------------------------------------------------------------------------- run folder (no torch)
 
@@ -187,17 +193,33 @@ def write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) 
     (fdir / "state.pt").unlink(missing_ok=True)
 
 
+def check_finite(fdir: Path, val: np.ndarray | None, test: np.ndarray | None) -> None:
+    """Refuse predictions with NaN / inf (weights that diverged in the last steps while the
+    loss was still finite): the fold is not marked done and writes no oof/test rows."""
+    for what, p in (("validation", val), ("test", test)):
+        if p is not None and not np.isfinite(p).all():
+            n = int((~np.isfinite(p)).any(axis=1).sum())
+            raise KitError(f"{fdir}: {n} of {len(p)} {what} predictions are NaN or inf (the weights "
+                           "diverged while the loss was finite); the model is not marked done: lower "
+                           "train.lr or set train.mixed_precision=no and rerun")
+
+
 def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
     """A finished fold read back from its files, in the shape train_fold returns."""
     from kaggle_kit.workspace import read_json
 
     def read(path, ids):
         df = pd.read_csv(path, dtype={"Id": str}).set_index("Id")
+        missing = pd.Index(ids).difference(df.index)
+        if len(missing):
+            raise KitError(f"{path}: lacks {len(missing)} Ids of this model (e.g. {missing[0]}); "
+                           "the folds changed since it was trained: rerun without --resume")
         return df.loc[ids, ctx.classes].to_numpy(dtype=float)
 
     val = read(fdir / "oof.csv", val_ids) if val_ids is not None else None
-    return {"val_ids": val_ids, "val": val, "test": read(fdir / "test.csv", ctx.test_ids),
-            "stats": read_json(fdir / "done.json")}
+    test = read(fdir / "test.csv", ctx.test_ids)
+    check_finite(fdir, val, test)  # a fold marked done by an older kit with NaN predictions
+    return {"val_ids": val_ids, "val": val, "test": test, "stats": read_json(fdir / "done.json")}
 
 
 def _frame(p: np.ndarray, ids: list[str], classes: list[str]) -> pd.DataFrame:
@@ -215,7 +237,8 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
     rec, classes, run_dir = ctx.rec, ctx.classes, ctx.run_dir
     parts = [_frame(p["val"], p["val_ids"], classes).assign(fold=int(m[4:]))
              for m, p in preds.items() if p["val"] is not None]
-    oof = pd.concat(parts).set_index("Id") if parts else pd.DataFrame(columns=["fold", *classes])
+    oof = (pd.concat(parts).set_index("Id") if parts else  # refit-only: no OOF rows
+           pd.DataFrame(columns=["fold", *classes], index=pd.Index([], name="Id")))
     expected = {ctx.ids[i] for i in range(len(ctx.ids)) if f"fold{ctx.fold[i]}" in preds}
     if oof.index.duplicated().any() or set(oof.index) != expected:  # never by position: by Id
         raise RuntimeError("internal error: oof.csv must hold each train Id of the run's folds "
@@ -227,7 +250,9 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
     run_dir.write_oof(oof, classes)
     run_dir.write_test(test, classes)
     labels = ctx.labels  # class values by Id (multilabel: space-joined sets)
-    scores = metrics.oof_scores(oof, labels, classes, ctx.metric, ctx.task) if len(oof) else {}
+    scores = metrics.oof_scores(oof, labels, classes, ctx.metric, ctx.task) if len(oof) else {
+        "cv": None, "cv_note": "no CV estimate: a refit-only run (cv.folds=[]) has no "
+        "out-of-fold predictions, so test.csv's score is unknown until Kaggle scores it"}
     stats = {m: p["stats"] for m, p in preds.items()}
     train_s = sum(s["train_s"] for s in stats.values())
     summary = {
@@ -240,11 +265,12 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
         "timings": {"total_s": round(time.time() - t_start, 1), "train_s": round(train_s, 1),
                     "models": stats},
         "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
-        "warnings": _never_oof_warning(ctx) + (
-            _distribution_warnings(test, labels, classes) if ctx.task != "multilabel" else []),
+        "partial": partial_reasons(ctx, preds),
     }
-    for w in summary["warnings"]:
-        ctx.progress.console.print(f"[yellow]warning: {w}", soft_wrap=True)
+    # a 1-fold, 2-epoch look predicts test poorly by design: no shift warning then (the CLI prints it)
+    shift = not summary["partial"] and ctx.task != "multilabel"
+    summary["warnings"] = _never_oof_warning(ctx) + (
+        _distribution_warnings(test, labels, classes) if shift else [])
     run_dir.write_summary(summary)
     run_dir.write_provenance(_provenance(ctx, t_start))
     plots.write_run_plots(run_dir, labels, task=ctx.task, metric=ctx.metric)
@@ -273,6 +299,30 @@ def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[
     detail = ", ".join(f"{c} {p[c]:.1%} vs {q[c]:.1%}" for c in worst)
     return [f"test predicted-class distribution differs from train's (total variation {tv:.2f} > "
             f"{limit}): {detail}; check test preprocessing or a shift between train and test"]
+
+
+def partial_reasons(ctx: Ctx, preds: dict[str, dict]) -> list[str]:
+    """Why this run's CV and test.csv are not those of its full recipe ([] = a full run): a subset
+    of the folds, fewer epochs than the recipe file sets, data.limit, or a train.max_minutes stop."""
+    import yaml
+
+    rec, reasons = ctx.rec, []
+    k, done = len(set(ctx.fold.tolist()) - {-1}), sum(m.startswith("fold") for m in preds)
+    if done < k:
+        reasons.append(f"{done} of {k} folds")
+    try:  # the epochs the recipe file itself sets, before `train.epochs=N` overrides
+        raw = yaml.safe_load(Path(ctx.timings.get("recipe_path", "")).read_text()) or {}
+        file_epochs = int((raw.get("train") or {}).get("epochs") or 0)
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        file_epochs = 0
+    if rec.train.epochs < file_epochs:
+        reasons.append(f"train.epochs={rec.train.epochs} (the recipe file sets {file_epochs})")
+    if rec.data.limit:
+        reasons.append(f"data.limit={rec.data.limit}")
+    stopped = [m for m, p in preds.items() if p["stats"].get("stopped_early")]
+    if stopped:
+        reasons.append(f"{', '.join(stopped)} stopped early (train.max_minutes)")
+    return reasons
 
 
 def _provenance(ctx: Ctx, t_start: float) -> dict:

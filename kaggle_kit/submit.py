@@ -10,7 +10,7 @@
 - `submit(...)`: `kit submit`: build/validate/write, upload (kaggle_io), poll, ledger.
 - `show_ledger(...)`: `kit submissions`: newest first, CV next to the public score.
 
-`submissions/ledger.csv` columns (LEDGER_COLUMNS): time (UTC ISO), competition, file, sha256, run,
+`submissions/ledger.csv` (kaggle_kit/ledger.py, append-only) columns: time (UTC ISO), competition, file, sha256, run,
 method, cv, message, submission_id, status (pending|complete|error), public_score, error, metric
 (the competition metric `cv` is measured in; empty in rows written before it existed).
 """
@@ -26,10 +26,9 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError, metrics
-from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv
+from kaggle_kit.ledger import LEDGER_COLUMNS, append_row, ledger_path, read_ledger, record_results  # noqa: F401, E501 - LEDGER_COLUMNS re-exported
+from kaggle_kit.workspace import CompetitionDir, RunDir, disk_full, sha256_file, write_csv
 
-LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "run", "method", "cv", "message",
-                  "submission_id", "status", "public_score", "error", "metric"]
 PROB_ATOL = 1e-3  # tolerance on "each probability row sums to 1"
 SHOW_ROWS = 5  # offending rows quoted in a validation error
 
@@ -241,21 +240,41 @@ def submit(target: Path, *, message: str | None = None, dry_run: bool = False,
     submissions/<stamp>-<run>.csv for a run), upload nothing, no ledger row. Raises KitError for
     invalid files, Kaggle errors (kaggle_io) and Kaggle's scoring error (the row says `error`).
     """
-    path, info = _prepare(Path(target), competition, Path(data_dir), Path(runs_dir),
-                          Path(submissions_dir))
+    try:
+        return _submit(Path(target), message, dry_run, competition, timeout, Path(data_dir),
+                       Path(runs_dir), Path(submissions_dir), poll_s)
+    except OSError as e:
+        err = disk_full(e, submissions_dir, "writing the submission")
+        if err is None:
+            raise
+        raise err from None
+
+
+def _submit(target: Path, message: str | None, dry_run: bool, competition: str | None,
+            timeout: float, data_dir: Path, runs_dir: Path, submissions_dir: Path,
+            poll_s: float) -> str:
+    read_ledger(submissions_dir)  # a ledger kit cannot parse: refused before any work or upload
+    path, info = _prepare(target, competition, data_dir, runs_dir, submissions_dir)
     comp = info["competition"]
     if dry_run:
-        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded"
+        partial = (f"\nnote: {info['run']} is a partial run: {', '.join(info['partial'])} -- its "
+                   "test predictions are a quick look's, not the recipe's") if info["partial"] else ""
+        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded{partial}"
     from kaggle_kit import kaggle_io
 
     msg = message or f"{info['run'] or path.stem} (cv {info['metric']} {info['cv'] or '?'})"
+    kaggle_io.check_credentials()  # every check before the upload: it counts against the limit
+    row = {"competition": comp, "file": str(path), "sha256": sha256_file(path), "run": info["run"],
+           "method": info["method"], "cv": info["cv"], "metric": info["metric"], "message": msg,
+           "status": "pending", "public_score": "", "error": ""}
     sub = kaggle_io.submit_file(comp, path, msg)
-    _append_ledger(Path(submissions_dir), {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "competition": comp,
-        "file": str(path), "sha256": sha256_file(path), "run": info["run"],
-        "method": info["method"], "cv": info["cv"], "metric": info["metric"], "message": msg,
-        "submission_id": sub["id"],
-        "status": "pending", "public_score": "", "error": ""})
+    row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"), submission_id=sub["id"])
+    try:
+        append_row(submissions_dir, row)
+    except (OSError, KitError) as e:  # uploaded: say so, with the id, whatever the ledger did
+        raise KitError(f"submission {sub['id']} ({path.name}) was uploaded, but "
+                       f"{ledger_path(submissions_dir)} could not be written ({e}); note the id, "
+                       "fix the ledger, then `kit submissions --refresh`") from None
     print(f"uploaded {path.name} as submission {sub['id']}; waiting up to {timeout:.0f} s "
           f"for Kaggle's score", flush=True)
     try:
@@ -265,8 +284,8 @@ def submit(target: Path, *, message: str | None = None, dry_run: bool = False,
                 f"pending in the ledger: run `kit submissions --refresh` later")
     if result is None:
         return (f"submission {sub['id']} not scored after {timeout:.0f} s; it stays pending in "
-                f"{_ledger_path(Path(submissions_dir))}: run `kit submissions --refresh` later")
-    _update_ledger(Path(submissions_dir), {sub["id"]: result})
+                f"{ledger_path(submissions_dir)}: run `kit submissions --refresh` later")
+    record_results(submissions_dir, {sub["id"]: result})
     if result["status"] == "error":
         raise KitError(f"{path}: Kaggle could not score submission {sub['id']}: {result['error']}")
     score = result["public_score"]
@@ -295,11 +314,30 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
         info = _run_info(run, competition)
     else:
         info = {"competition": competition or _only_competition(data_dir, target),
-                "run": "", "method": "csv", "cv": "", "metric": ""}
+                "run": "", "method": "csv", "cv": "", "metric": "", "partial": []}
     comp = CompetitionDir.open(data_dir, info["competition"])
-    df = pd.read_csv(target, dtype=str, keep_default_na=False)
-    validate_submission(df, comp, str(target))
+    validate_submission(read_submission_csv(target), comp, str(target))
     return target, info
+
+
+def read_submission_csv(path: Path) -> pd.DataFrame:
+    """A submission CSV as str cells; a one-line KitError for an empty, binary or zip file."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        raise KitError(f"{path}: empty file (0 bytes); give the CSV kit blend / kit submit wrote")
+    if zipfile.is_zipfile(path):
+        raise KitError(f"{path}: a zip archive, not a CSV; unzip it and give the CSV, so kit can "
+                       "check it against sample_submission.csv before uploading")
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    if b"\0" in head:
+        raise KitError(f"{path}: binary content (NUL bytes), not a CSV text file")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise KitError(f"{path}: not a readable CSV ({type(e).__name__}: "
+                       f"{' '.join(str(e).split())[:120]})") from None
 
 
 def _reuse_identical(path: Path, run_name: str) -> Path:
@@ -321,7 +359,8 @@ def _run_info(run: RunDir, competition: str | None) -> dict:
         raise KitError(f"{run.summary_path}: no 'competition' key; pass --competition")
     metric, cv = metrics.cv_score(summary)
     return {"competition": comp, "run": run.name, "cv": "" if cv is None else f"{cv:.5f}",
-            "metric": metric, "method": summary.get("method") or summary.get("kind") or ""}
+            "metric": metric, "method": summary.get("method") or summary.get("kind") or "",
+            "partial": summary.get("partial") or []}
 
 
 def _only_competition(data_dir: Path, target: Path) -> str:
@@ -350,44 +389,6 @@ def _poll(competition: str, sub_id: str, timeout: float, poll_s: float) -> dict 
 # ----------------------------------------------------------------------------- ledger
 
 
-def _ledger_path(submissions_dir: Path) -> Path:
-    return Path(submissions_dir) / "ledger.csv"
-
-
-def read_ledger(submissions_dir: Path) -> pd.DataFrame:
-    """submissions/ledger.csv as str columns LEDGER_COLUMNS (empty frame if there is none)."""
-    path = _ledger_path(submissions_dir)
-    if not path.exists():
-        return pd.DataFrame(columns=LEDGER_COLUMNS, dtype=str)
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for col in LEDGER_COLUMNS:
-        if col not in df.columns:
-            df[col] = ""
-    return df[LEDGER_COLUMNS]
-
-
-def _append_ledger(submissions_dir: Path, row: dict) -> None:
-    df = read_ledger(submissions_dir)
-    new = pd.DataFrame([{c: "" if row.get(c) is None else str(row[c]) for c in LEDGER_COLUMNS}])
-    write_csv(_ledger_path(submissions_dir), new if df.empty else pd.concat([df, new]))
-
-
-def _update_ledger(submissions_dir: Path, results: dict[str, dict]) -> int:
-    """Write Kaggle's final status/score/error into the pending rows found in `results`
-    ({id: list_submissions item}); return how many rows changed."""
-    df, changed = read_ledger(submissions_dir), 0
-    for i, sub_id in df["submission_id"].items():
-        s = results.get(sub_id)
-        if s is None or s["status"] == "pending" or df.loc[i, "status"] != "pending":
-            continue
-        score = "" if s["public_score"] is None else f"{s['public_score']:.5f}"
-        df.loc[i, ["status", "public_score", "error"]] = [s["status"], score, s["error"] or ""]
-        changed += 1
-    if changed:
-        write_csv(_ledger_path(submissions_dir), df)
-    return changed
-
-
 def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
     """`kit submissions`: the ledger newest first, CV next to the public score (and their gap).
 
@@ -395,14 +396,17 @@ def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
     """
     df = read_ledger(submissions_dir)
     if df.empty:
-        return f"no submissions yet ({_ledger_path(submissions_dir)} is empty or absent)"
+        made = [p for p in Path(submissions_dir).glob("*.csv") if p.name != "ledger.csv"]
+        dry = (f"; {len(made)} file(s) from dry runs in {submissions_dir}/ are not in it until "
+               "uploaded: kit submit <file.csv>") if made else ""
+        return f"no submissions yet ({ledger_path(submissions_dir)} is empty or absent){dry}"
     note = ""
     if refresh:
         from kaggle_kit import kaggle_io
 
         pending = df.loc[df["status"] == "pending", "competition"].unique()
         results = {s["id"]: s for comp in pending for s in kaggle_io.list_submissions(comp)}
-        note = f"\nrefreshed: {_update_ledger(submissions_dir, results)} of " \
+        note = f"\nrefreshed: {record_results(submissions_dir, results)} of " \
                f"{int((df['status'] == 'pending').sum())} pending row(s) updated"
         df = read_ledger(submissions_dir)
     df = df.iloc[::-1].sort_values("time", ascending=False, kind="stable")  # ties: later row first

@@ -25,6 +25,7 @@ runfiles.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, runfiles, targets, train_setup
+from kaggle_kit import KitError, accel, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.train_setup import Ctx
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
@@ -55,7 +56,7 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     try:
         return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
                     on_epoch)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save's writer re-raises ENOSPC as RuntimeError
         err = disk_full(e, Path(runs_dir) / run_name, "training")
         if err is None:
             raise
@@ -79,12 +80,10 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on
         rec = rec.model_copy(update={"model": model})  # recipes are frozen: a resolved copy
 
     import torch
-    from accelerate import Accelerator
 
     if rec.train.threads:
         torch.set_num_threads(rec.train.threads)
-    acc = Accelerator(mixed_precision=train_setup.precision(rec.train.mixed_precision),
-                      cpu=not torch.cuda.is_available())
+    acc, notes = accel.make_accelerator(rec.train, run_dir.root)
     train_setup.check_augment(rec, targeted)
     ctx = train_setup.load_context(acc, rec, comp, run_dir, targeted)
     ctx.on_epoch = on_epoch
@@ -97,8 +96,15 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on
     ctx.timings.update(n_models=len(models), recipe_path=str(recipe_path))
     ctx.progress = progress = train_setup.progress_bars(acc.is_main_process)
     ctx.run_task = progress.add_task("run (epochs)", total=len(models) * rec.train.epochs)
-    with progress:
-        preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
+    ctx.notes += [*notes, accel.sync_bn_note(acc, rec.train.sync_bn),
+                  train_setup.normalize_note(rec)]
+    _say_notes(ctx)
+    accel.start_tracking(acc, rec, run_dir.root.name)
+    try:
+        with progress:
+            preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
+    finally:
+        accel.stop_tracking(acc)
     acc.wait_for_everyone()
     summary = None
     if acc.is_main_process:
@@ -129,18 +135,23 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         return runfiles.read_done(ctx, fdir, val_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun
     net = train_setup.build_model(ctx)
-    ema = train_setup.copy_model(net) if tr.ema else None
+    _say_notes(ctx)  # what the pretrained file filled in (first model only)
+    net = accel.sync_bn(net, acc, tr.sync_bn)
+    ema = accel.make_ema(net, tr.ema) if tr.ema else None  # ema.module: the averaged net
     lr = tr.lr * tr.batch_size * tr.grad_accum / 256  # recipe lr is per 256 images
     opt = train_setup.make_optimizer(net, tr, lr)
     steps = math.ceil(len(_epoch_batches(ctx, train_rows, seed, name, 0)) / tr.grad_accum)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, train_setup.lr_lambda(tr, steps))
-    model, opt = acc.prepare(torch.compile(net) if tr.compile else net, opt)
+    model, opt = acc.prepare(net, opt)
+    if tr.compile:  # after DDP wraps the net: dynamo splits the graph at DDP's buckets (overlap)
+        model = torch.compile(model)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
-    eval_net = ema if ema is not None else net
+    eval_net = ema.module if ema is not None else net  # the weights evaluated and saved ...
+    fwd = ema.module if ema is not None else (model if tr.compile else net)  # ... run through
     crit = targets.criterion(ctx.task, tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
-    t_model, stats = time.perf_counter(), {"train_s": 0.0, "images": 0, "stopped_early": False}
+    t_model, stats = accel.clock(), {"train_s": 0.0, "images": 0, "stopped_early": False}
     for epoch in range(start, tr.epochs):
         t0 = time.perf_counter()
         _seed_rngs(seed, name, epoch, acc.process_index)
@@ -150,7 +161,8 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         stats["images"] += n_img
         val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
-            p = predict(ctx, eval_net, ctx.x, val_rows, ["orig"])
+            p = predict(ctx, fwd, ctx.x, val_rows, ["orig"])
+            runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
             val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
             score = targets.checkpoint_score(val, ctx.metric)  # lower is better
             if best is None or score < best.get("score", best["val_loss"]):
@@ -165,20 +177,24 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
             runfiles.save_state(fdir, epoch, net, opt, sched, ema, best, acc)
         ctx.progress.update(task, advance=1)
         ctx.progress.advance(ctx.run_task)
-        ctx.progress.console.print(_epoch_line(name, row, tr.epochs), soft_wrap=True)
+        ctx.epochs_done += 1
+        accel.log_epoch(acc, rec, name, row, ctx.epochs_done)
+        _say(ctx, _epoch_line(name, row, tr.epochs, _eta(ctx)))
         if ctx.on_epoch is not None:
             ctx.on_epoch(name, row)
-        spent = time.perf_counter() - t_model
-        if budget_s and epoch + 1 < tr.epochs and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s:
+        spent = accel.clock() - t_model
+        over = bool(budget_s) and spent * (epoch + 2 - start) / (epoch + 1 - start) > budget_s
+        if epoch + 1 < tr.epochs and accel.rank0_decides(acc, over):  # rank 0's clock for all
             stats["stopped_early"] = epoch + 1  # next epoch would overrun train.max_minutes
-            ctx.progress.console.print(f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
+            _say(ctx, f"{name}: stopping after epoch {epoch + 1} (train.max_minutes)")
             break
     ctx.progress.remove_task(task)
     if tr.checkpoint == "best" and best is not None:
         eval_net.load_state_dict(best["model"])
     views = rec.tta.views
-    val = predict(ctx, eval_net, ctx.x, val_rows, views) if val_rows is not None else None
-    test = predict(ctx, eval_net, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    val = predict(ctx, fwd, ctx.x, val_rows, views) if val_rows is not None else None
+    test = predict(ctx, fwd, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    runfiles.check_finite(fdir, val, test)  # diverged weights: the fold is not done
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
@@ -191,8 +207,6 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
 def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, epoch):
     """One pass over this rank's slice of the epoch's batches.
     Returns (mean train loss, train accuracy, images seen by all ranks, seconds)."""
-    import contextlib
-
     import torch
 
     from kaggle_kit import augment, images
@@ -233,8 +247,8 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            if ema is not None:
-                _ema_update(ema, net, tr.ema)
+            if ema is not None:  # step = optimizer steps so far (the schedule's count: resumes)
+                ema.update(net, step=sched.last_epoch)
         losses.append(loss.detach())
         sizes.append(len(yb))
         correct += targets.n_correct(out.detach(), yb, ctx.task)
@@ -242,10 +256,13 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     seconds = time.perf_counter() - t0
     ctx.progress.remove_task(task)
     losses = torch.stack(losses).float()
-    if not torch.isfinite(losses).all():
-        bad = int((~torch.isfinite(losses)).nonzero()[0])
-        raise KitError(f"{name}: training loss is {losses[bad].item()} at epoch {epoch + 1}, "
-                       f"step {bad + 1}; lower train.lr, or set train.mixed_precision=no")
+    finite = bool(torch.isfinite(losses).all())
+    if accel.any_rank(acc, not finite):  # every rank stops together: none waits in a collective
+        bad = int((~torch.isfinite(losses)).nonzero()[0]) if not finite else None
+        where = (f"{losses[bad].item()} at epoch {epoch + 1}, step {bad + 1}" if bad is not None
+                 else f"not finite on another process at epoch {epoch + 1}")
+        raise KitError(f"{name}: training loss is {where}; lower train.lr, or set "
+                       "train.mixed_precision=no")
     n = torch.tensor(sizes, device=acc.device, dtype=torch.float32)
     tot = acc.reduce(torch.stack([(losses * n).sum(), correct.float(), n.sum()]), "sum")
     return float(tot[0] / tot[2]), float(tot[1] / tot[2]), int(tot[2]), seconds
@@ -259,7 +276,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     position is checked to be filled exactly once -- the caller keys rows by Id."""
     import torch
 
-    from kaggle_kit import augment, images
+    from kaggle_kit import images
 
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
@@ -273,11 +290,8 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
         if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
     with torch.no_grad():
         for xb in xs:
-            x = _to_input(ctx, xb)
-            with acc.autocast():
-                ps = [targets.probabilities(net(v).float(), ctx.task)
-                      for v in augment.tta_views(x, views)]
-            probs.append(torch.stack(ps).mean(0))
+            probs.append(predict_batch(net, xb, ctx.mean, ctx.std, ctx.img_size,
+                                       ctx.rec.train.channels_last, views, ctx.task, acc.autocast))
     net.train(was_training)
     p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
     p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
@@ -309,6 +323,22 @@ def to_input(xb, mean, std, img_size: int, channels_last: bool):
                                             mode="bilinear", align_corners=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.contiguous(memory_format=fmt)
+
+
+def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
+                  task: str, autocast=contextlib.nullcontext):
+    """(B,C) probabilities (targets.probabilities of `task`) of a (B,H,W,3) uint8 batch on net's
+    device, averaged over the TTA `views`; the net runs under `autocast()` (the run's mixed
+    precision). The one test-time path: validation (OOF) and test.csv here, and `kit predict`
+    (predict.py). Call under no_grad."""
+    import torch
+
+    from kaggle_kit import augment
+
+    x = to_input(xb, mean, std, img_size, channels_last)
+    with autocast():
+        ps = [targets.probabilities(net(v).float(), task) for v in augment.tta_views(x, views)]
+    return torch.stack(ps).mean(0)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:
@@ -354,16 +384,6 @@ def _loader(ctx: Ctx, batches: list, seed: int):
                                        persistent_workers=False)
 
 
-def _ema_update(ema, net, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * net (parameters); buffers (BN stats) copied."""
-    import torch
-
-    with torch.no_grad():
-        torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1.0 - decay)
-        for eb, nb in zip(ema.buffers(), net.buffers(), strict=True):
-            eb.copy_(nb)
-
-
 def _seed(*parts) -> int:
     """A stable 63-bit seed from ints and strings."""
     import zlib
@@ -389,10 +409,41 @@ def _seed_rngs(seed: int, name: str, epoch: int, rank: int) -> None:
     random.seed(s)
 
 
-def _epoch_line(name: str, r: dict, epochs: int) -> str:
-    val = f"val {r['val_loss']:.4f} {r['val_acc']:.4f}" if r["val_loss"] is not None else "val -"
-    if r.get("val_metric") is not None:
-        val += f" {r['val_metric']:.4f}"
-    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} "
-            f"train {r['train_loss']:.4f} {r['train_acc']:.4f} "
-            f"{val} lr {r['lr']:.3g} {r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s")
+def _say(ctx: Ctx, line: str) -> None:
+    """Print a line above the progress bars, on the main process only."""
+    if ctx.acc.is_main_process:
+        ctx.progress.console.print(line, soft_wrap=True)
+
+
+def _say_notes(ctx: Ctx) -> None:
+    """Print (main process) and clear the pending notes: one line each, "note: ..."."""
+    for line in ctx.notes:
+        if line:
+            _say(ctx, f"note: {line}")
+    ctx.notes.clear()
+
+
+def is_main_process() -> bool:
+    """True in the process that prints a run's result (the only one, or rank 0)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _epoch_line(name: str, r: dict, epochs: int, eta: str = "") -> str:
+    val = (f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.4f}" if r["val_loss"] is not None
+           else "val -")
+    if r.get("val_metric") is not None:  # the competition's metric, when it is not accuracy
+        val += f" metric {r['val_metric']:.4f}"
+    return (f"{time.strftime('%H:%M:%S')} {name} {r['epoch']}/{epochs} | train loss "
+            f"{r['train_loss']:.4f} acc {r['train_acc']:.4f} | {val} | lr {r['lr']:.3g} "
+            f"{r['epoch_s']:.0f}s {r['images_per_s']:.0f}im/s{eta}")
+
+
+def _eta(ctx: Ctx) -> str:
+    """' | run ETA 0:12:34': the whole run's time left at its mean pace so far ('' before any)."""
+    task = next((t for t in ctx.progress.tasks if t.id == ctx.run_task), None)
+    if task is None or not task.completed or not task.elapsed or task.remaining is None:
+        return ""
+    left = round(task.elapsed / task.completed * task.remaining)
+    return f" | run ETA {left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"

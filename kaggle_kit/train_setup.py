@@ -92,6 +92,20 @@ def _trained_on(path: Path) -> str | None:
     return name
 
 
+def normalize_note(rec: recipes.Recipe) -> str | None:
+    """A warning for pretrained weights (hub or a foreign file) with data.normalize: dataset:
+    such weights expect the mean/std they were trained with. Kit's own model.pt files (which
+    record their stats) are left alone: they were trained on a competition's dataset stats."""
+    m = rec.model
+    if rec.data.normalize != "dataset" or not (m.pretrained or m.pretrained_file):
+        return None
+    if m.pretrained_file and Path(m.pretrained_file).name == "model.pt" and _trained_on(
+            Path(m.pretrained_file)):
+        return None
+    return ("data.normalize: dataset with pretrained weights: the weights expect their own "
+            "mean/std; set data.normalize=model")
+
+
 def check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
     """Fail before training on a bad albumentations spec or TTA view name."""
     import torch
@@ -104,23 +118,14 @@ def check_augment(rec: recipes.Recipe, targeted: dict | None) -> None:
     augment.tta_views(torch.zeros(1, 3, 4, 4), rec.tta.views)
 
 
-def precision(mode: str) -> str:
-    """Accelerate's mixed_precision: auto = bf16 on GPUs that support it, none on CPU."""
-    import torch
-
-    if mode != "auto":
-        return mode
-    ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return "bf16" if ok else "no"
-
-
-def progress_bars(enabled: bool):
-    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch."""
+def progress_bars(enabled: bool, transient: bool = False):
+    """Rich bars with ETA: the run (epochs of all models), the current model, the epoch.
+    transient: erased when done (kit predict: an error then stays the only line)."""
     from rich import progress as rp
 
     return rp.Progress(rp.TextColumn("{task.description:>12}"), rp.BarColumn(),
                        rp.MofNCompleteColumn(), rp.TimeElapsedColumn(), rp.TextColumn("ETA"),
-                       rp.TimeRemainingColumn(), disable=not enabled)
+                       rp.TimeRemainingColumn(), disable=not enabled, transient=transient)
 
 
 # ----------------------------------------------------------------------------- data + context
@@ -149,6 +154,8 @@ class Ctx:
     y_np: np.ndarray | None = None
     progress: Any = None
     run_task: Any = None
+    epochs_done: int = 0  # epochs trained by this run so far, all models (tracker step)
+    notes: list = field(default_factory=list)  # one-line notes the main process prints once
     on_epoch: Any = None  # run()'s callback(model name, metrics row) after each epoch, or None
     timings: dict = field(default_factory=dict)
     task: str = "multiclass"  # competition.json "task" (targets.py, metrics.py)
@@ -299,6 +306,9 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
     plan = {f"fold{k}": (rows[ctx.fold != k], rows[ctx.fold == k], rec.seed) for k in run_folds}
     for i in range(rec.cv.n_refit):
         plan[f"refit{i}"] = (rows, None, rec.seed + i)
+    if not plan:
+        raise KitError("cv: no model to train (cv.folds=[] and no cv.refit); run some folds or "
+                       "set cv.refit=true cv.test_from=refit")
     n_train = min(len(tr) for tr, _, _ in plan.values())
     if rec.train.batch_size > n_train:
         raise KitError(f"train.batch_size: {rec.train.batch_size} is larger than a fold's "
@@ -310,44 +320,58 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
 
 
 def build_model(ctx: Ctx):
-    """timm model with a head sized from the class list, checked against the input size."""
+    """timm model with a head sized from the class list, checked against the input size.
+    The first one of a run with model.pretrained_file queues a note of what the file filled in."""
+    from kaggle_kit import models
+
+    m = ctx.rec.model
+    net = build_net(m, len(ctx.classes), ctx.img_size, ctx.acc.device, ctx.rec.train.channels_last)
+    if m.pretrained_file and not ctx.timings.get("load_reported"):  # once per run
+        ctx.timings["load_reported"] = True
+        ctx.notes.append(models.load_report(net, m.pretrained_file))
+    return net
+
+
+def build_net(m: recipes.Model, n_classes: int, img_size: int, device, channels_last: bool,
+              weights: bool = True):
+    """The net of recipe section `m` on `device` (train and `kit predict`). weights=False skips
+    the pretrained / pretrained_file weights (offline prediction loads a run's own weights)."""
     import torch
 
     from kaggle_kit import models
 
-    m = ctx.rec.model
-    net = models.create_model(m.name, len(ctx.classes), pretrained=m.pretrained or bool(m.pretrained_file),
-                              pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
-                              drop_path_rate=m.drop_path_rate, img_size=ctx.img_size)
-    models.check_input(net, ctx.img_size)
-    net = net.to(ctx.acc.device)
-    if ctx.rec.train.channels_last:
+    net = models.create_model(m.name, n_classes,
+                              pretrained=weights and (m.pretrained or bool(m.pretrained_file)),
+                              pretrained_file=m.pretrained_file if weights else None,
+                              drop_rate=m.drop_rate, drop_path_rate=m.drop_path_rate,
+                              img_size=img_size)
+    models.check_input(net, img_size)
+    net = net.to(device)
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
 
 
-def copy_model(net):
-    """A frozen deep copy of `net` (the EMA weights start as the model's)."""
-    import copy
-
-    ema = copy.deepcopy(net)
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    return ema
-
-
 def make_optimizer(net, tr: recipes.Train, lr: float):
-    """SGD (nesterov) or AdamW; weight decay on weights only, not on norms and biases."""
-    import torch
+    """SGD (nesterov) or AdamW from timm.optim.create_optimizer_v2: no weight decay on 1-d
+    params (norms, biases) nor on what the net lists in no_weight_decay() (ViT pos_embed,
+    cls_token, Swin relative-position tables); layer-wise lr decay when train.layer_decay is set.
+    Each group's lr already holds its layer-decay scale (the LambdaLR schedule multiplies it)."""
+    from timm.optim import create_optimizer_v2
 
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    rest = [p for p in net.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": tr.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    if tr.layer_decay is not None and not hasattr(net, "group_matcher"):
+        raise KitError(f"train.layer_decay: {type(net).__name__} has no layer groups "
+                       "(timm group_matcher); set train.layer_decay=null")
     if tr.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=tr.momentum,
-                               nesterov=tr.nesterov and tr.momentum > 0)
-    return torch.optim.AdamW(groups, lr=lr, betas=(tr.momentum, 0.999))
+        name = "sgd" if tr.nesterov and tr.momentum > 0 else "momentum"  # timm: sgd = nesterov
+        kw = {"momentum": tr.momentum}
+    else:
+        name, kw = "adamw", {"betas": (tr.momentum, 0.999)}
+    opt = create_optimizer_v2(net, name, lr=lr, weight_decay=tr.weight_decay,
+                              layer_decay=tr.layer_decay, foreach=None, **kw)
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+    return opt
 
 
 def lr_lambda(tr: recipes.Train, steps_per_epoch: int):

@@ -121,13 +121,15 @@ class CompetitionDir:
     cache/) live here; the files Kaggle ships live under `source_root` (`files/` here, or the
     read-only folder `kit fetch --from <folder>` read in place), never mixed with kit's.
 
-    competition.json keys (written by fetch.py through `write_meta`):
-      name, source ("files" = `root/files`, or an absolute folder read in place), id_col,
-      label_col, labels_csv, train_dir, test_dir, ext, sample_submission (paths relative to
-      `source_root`), submission_columns, classes (sorted names), n_train, n_test, image_sizes
-      ({"32x32": n}), folds ({"k", "seed", "sha256"}), files ({relpath under source_root:
-      sha256, or "size:mtime_ns" when file_check is "stat"}), file_check ("sha256" | "stat"),
-      cache ({key: info}).
+    competition.json keys (written by fetch.py through `write_meta`; docs/competitions.md):
+      name, source ("files" = `root/files`, or an absolute folder read in place), layout,
+      labels_csv, label_col, train_id_col, group_col, train_dir, test_dir, ext, image_root
+      ("source" | "kit"), sample_submission (paths relative to `source_root`), id_col (the
+      sample's), submission_columns, task, metric, classes (sorted values as text), class_names,
+      label_map, submission ({id_col, columns, kind, positive, k}), hints (fetch flags given),
+      n_train, n_test, image_sizes ({"32x32": n}), index ({split: sha256 of <split>_index.csv}),
+      folds ({"k", "seed", "sha256"}), files ({relpath under source_root: sha256, or
+      "size:mtime_ns" when file_check is "stat"}), file_check, cache ({key: info}), origin.
     """
 
     root: Path
@@ -191,10 +193,31 @@ class CompetitionDir:
         return list(self.meta()["classes"])
 
     def labels(self) -> pd.DataFrame:
-        """Train labels as a DataFrame with columns Id (str), label (str), in CSV order."""
+        """Train labels as a DataFrame with columns Id (str), label (str), in CSV order
+        (multilabel: the space-joined sorted set of class values)."""
         m = self.meta()
-        df = pd.read_csv(self.source_root / m["labels_csv"], dtype=str, keep_default_na=False)
-        return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
+        if "index" not in m:  # a competition.json written by hand (tests) without kit's index
+            df = pd.read_csv(self.source_root / m["labels_csv"], dtype=str, keep_default_na=False)
+            return df[[m["id_col"], m["label_col"]]].set_axis(["Id", "label"], axis=1)
+        return self.train_index()[["Id", "label"]]
+
+    def index_path(self, split: str) -> Path:
+        """Kit's index of a split, written by fetch: `train_index.csv` (Id,label,path[,group]),
+        `test_index.csv` (Id,path); rows in label-CSV / sample_submission order, paths relative
+        to `image_root`."""
+        return self.root / f"{split}_index.csv"
+
+    def train_index(self) -> pd.DataFrame:
+        return _read_index(self.index_path("train"), self.name)
+
+    def test_index(self) -> pd.DataFrame:
+        return _read_index(self.index_path("test"), self.name)
+
+    @property
+    def image_root(self) -> Path:
+        """Where the index's image paths start: `source_root`, or `root` for images kit made
+        itself (pixels given as CSV columns, written once as PNGs under `root/pixels/`)."""
+        return self.root if self.meta().get("image_root") == "kit" else self.source_root
 
     def folds(self) -> pd.DataFrame:
         """folds.csv as DataFrame Id (str), label (str), fold (int), checked against what
@@ -239,12 +262,39 @@ class CompetitionDir:
 
     def test_ids(self) -> list[str]:
         """Test Ids in sample_submission order."""
+        if "index" in self.meta():
+            return self.test_index()["Id"].tolist()
         return self.sample_submission()[self.meta()["id_col"]].tolist()
 
     def image_path(self, split: str, image_id: str) -> Path:
         """Path of one image: `split` is 'train' or 'test'."""
         m = self.meta()
-        return self.source_root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+        if "index" not in m:
+            return self.source_root / m[f"{split}_dir"] / f"{image_id}{m['ext']}"
+        path = self.index_path(split)
+        st = path.stat()
+        hit = _INDEX_CACHE.get(path)
+        if hit is None or hit[0] != (st.st_mtime_ns, st.st_size):
+            df = _read_index(path, self.name)
+            hit = _INDEX_CACHE[path] = ((st.st_mtime_ns, st.st_size),
+                                        dict(zip(df["Id"], df["path"], strict=True)))
+        if image_id not in hit[1]:
+            raise KitError(f"{path}: no {split} image with Id {image_id}")
+        return self.image_root / hit[1][image_id]
+
+    def image_paths(self, split: str) -> list[Path]:
+        """Paths of a split's images, in the split's Id order (see `index_path`)."""
+        root = self.image_root
+        return [root / p for p in _read_index(self.index_path(split), self.name)["path"]]
+
+
+_INDEX_CACHE: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}
+
+
+def _read_index(path: Path, name: str) -> pd.DataFrame:
+    if not path.exists():
+        raise KitError(f"{path}: missing; rerun `kit fetch {name} --force`")
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 # ----------------------------------------------------------------------------- runs

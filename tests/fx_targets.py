@@ -57,7 +57,8 @@ def make_target_comp(data_dir: Path, name: str, *, task: str = "multiclass",
                      never_oof: int = 0, class_names: dict | None = None,
                      prob_cols: list[str] | None = None, seed: int = 0) -> CompetitionDir:
     """data_dir/<name>/ fetched-looking: `n_train` labelled images (multilabel: 1-2 classes
-    each), `n_test` test images with zero-padded integer Ids in shuffled order, folds i % n_folds
+    each), `n_test` test images with zero-padded integer Ids in shuffled order, folds
+    (i // C) % n_folds
     except the last `never_oof` images (fold -1), and competition.json with task, metric,
     classes, class_names and submission {id_col, columns, kind, positive, k}. `prob_cols`: the
     sample's probability column names (default: the class values)."""
@@ -78,7 +79,7 @@ def make_target_comp(data_dir: Path, name: str, *, task: str = "multiclass",
         s = rng.choice(len(classes), size=1).tolist()
         Image.fromarray(_image(rng, s, multilabel, size)).save(root / "test" / f"{i}.png")
     write_csv(root / "train.csv", pd.DataFrame({"id": ids, "label": labels}))
-    fold = np.arange(n_train) % n_folds
+    fold = (np.arange(n_train) // len(classes)) % n_folds  # every class in every fold
     fold[n_train - never_oof:] = -1
     write_csv(root / "folds.csv", pd.DataFrame({"Id": ids, "label": labels, "fold": fold}))
     sample = _sample(kind, "id", test_ids, classes, prob_cols)

@@ -147,7 +147,7 @@ def _corrupt(kind: str, run: RunDir, tmp_path) -> None:
     ("folds_sha", "made on other folds"),
     ("fold_column", "made on other folds: 200 Ids"),
     ("test_ids", "other test Ids"),
-    ("nan", "1 rows with empty or negative probabilities"),
+    ("nan", "1 rows with empty, infinite, negative or all-zero probabilities"),
 ])
 def test_refuses_members_that_do_not_match(tmp_path, kind, message):
     comp = make_comp(tmp_path / "data")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -21,6 +23,13 @@ def test_kit_demo_end_to_end(tmp_path):
     assert list(sub.columns) == list(sample.columns)
     assert sub["Id"].tolist() == sample["Id"].tolist()
     assert "valid submission" in result.output and "nothing uploaded" in result.output
+    headers = [line.strip("─ ").split()[0] for line in result.output.splitlines()
+               if line.startswith("─") and "/5 " in line]
+    assert headers == ["1/5", "2/5", "3/5", "4/5", "5/5"], result.output  # one per step, in order
+    assert "tta.views=[orig,shift]" in result.output  # not eaten as rich markup
+    for run in ("demo-a", "demo-b", "demo-blend"):  # the closing lines: each run's CV, then next
+        assert re.search(rf"runs/{run}: CV accuracy \d\.\d{{4}}", result.output), result.output
+    assert "next: kit report" in result.output
     for run in ("demo-a", "demo-b", "demo-blend"):
         oof = pd.read_csv(tmp_path / "runs" / run / "oof.csv", dtype={"Id": str})
         assert oof["Id"].is_unique and len(oof) == 1438

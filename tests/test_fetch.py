@@ -263,13 +263,16 @@ def test_mixed_sizes_warn_with_histogram_and_skip_the_native_cache(tmp_path):
     assert "train/3.png: unreadable or truncated" in fetch_error(src, tmp_path / "d2", n_folds=2)
 
 
-def test_class_with_fewer_images_than_folds(tmp_path):
-    src = make_comp(tmp_path / "src", per_class=4)
+def test_class_with_fewer_images_than_folds_gets_fold_minus_one(tmp_path):
+    src = make_comp(tmp_path / "src", classes=("cat", "dog", "fox"), per_class=4)
     df = pd.read_csv(src / "train.csv", dtype=str)
-    df.drop(index=0).to_csv(src / "train.csv", index=False)  # cat: 3 images, dog: 4
-    (src / "train" / "1.png").unlink()
-    msg = fetch_error(src, tmp_path / "data", n_folds=4)
-    assert "train.csv: class 'cat' has 3 images, fewer than --folds 4; pass --folds 3" in msg
+    fox = df.index[df["Category"] == "fox"]
+    df.drop(index=fox[1:]).to_csv(src / "train.csv", index=False)  # fox: 1 image
+    out = fetch("toy", data_dir=tmp_path / "data", source=src, n_folds=4)
+    assert "1 images of 1 classes with fewer than 4 images get fold -1" in out["warnings"][-1]
+    folds = CompetitionDir.open(tmp_path / "data", "toy").folds()
+    assert folds.loc[folds["label"] == "fox", "fold"].tolist() == [-1]
+    assert sorted(folds.loc[folds["label"] != "fox", "fold"]) == [0, 0, 1, 1, 2, 2, 3, 3]
 
 
 # ----------------------------------------------------------------------------- idempotency + folds
@@ -334,8 +337,8 @@ def test_zip_shipping_kit_named_files_fetches_and_verifies_again(tmp_path):
     assert (comp.source_root / "folds.csv").read_text() == (src / "folds.csv").read_text()
     assert comp.meta()["files"]["folds.csv"] == sha256_file(src / "folds.csv")
     assert len(comp.folds()) == 8 and comp.meta()["source"] == "files"
-    assert sorted(p.name for p in comp.root.iterdir()) == ["cache", "competition.json", "files",
-                                                           "folds.csv"]
+    assert sorted(p.name for p in comp.root.iterdir()) == [
+        "cache", "competition.json", "files", "folds.csv", "test_index.csv", "train_index.csv"]
     assert fetch("toy", data_dir=data, source=zip_path, n_folds=2)["status"].startswith("no-op")
 
 
@@ -349,8 +352,8 @@ def test_read_only_folder_is_read_in_place(tmp_path):
         comp = CompetitionDir.open(data, "toy")
         m = comp.meta()
         assert out["source"] == str(src) and m["source"] == str(src) == str(comp.source_root)
-        assert sorted(p.name for p in comp.root.iterdir()) == ["cache", "competition.json",
-                                                               "folds.csv"]  # nothing copied
+        assert sorted(p.name for p in comp.root.iterdir()) == [  # nothing copied
+            "cache", "competition.json", "folds.csv", "test_index.csv", "train_index.csv"]
         st = (src / "train.csv").stat()
         assert m["file_check"] == "stat" and m["files"]["train.csv"] == f"{st.st_size}:{st.st_mtime_ns}"
         assert comp.image_path("train", "3") == src / "train" / "3.png"
@@ -373,7 +376,7 @@ def test_data_dir_of_the_old_layout_asks_for_force(tmp_path):
           n_folds=2)
     comp = CompetitionDir.open(data, "toy")
     meta = comp.meta()
-    del meta["source"]  # what an older kit wrote: Kaggle's files beside competition.json
+    del meta["source"], meta["index"]  # an older kit's: Kaggle's files beside competition.json
     comp.write_meta(meta)
     for call in (lambda: fetch("toy", data_dir=data, n_folds=2), lambda: comp.labels()):
         with pytest.raises(KitError, match="fetched by an older kit .*`kit fetch toy --force`"):

@@ -164,6 +164,7 @@ def test_kit_fetch_errors_one_line_and_key_never_printed(kaggle_double, tmp_path
     assert expected in out.stderr
     assert TEST_KEY not in out.stdout + out.stderr
     assert not (tmp_path / "data" / comp).exists()  # nothing half-written
+    assert not (tmp_path / "data" / ".downloads").exists()  # nor an empty downloads folder
 
 
 def test_key_never_printed_in_a_traceback(kaggle_double, tmp_path):

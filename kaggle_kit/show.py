@@ -1,0 +1,59 @@
+"""Human-readable lines for command results. Library functions return dicts; `kit` (cli.py) and
+`kit demo` print these lines, so both say the same thing the same way. No I/O here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_lines(summary: dict, runs_dir: Path) -> str:
+    """A finished training run in a few lines: CV (with its spread over >= 2 folds), per fold, the
+    hardest classes, what makes it partial, where its test predictions come from, what to do next."""
+    cv, metric, nan = summary.get("cv") or {}, summary.get("metric") or "accuracy", float("nan")
+    if not cv and summary.get("cv_note"):  # a refit-only run has no OOF rows, hence no CV
+        run = runs_dir / summary.get("run", "?")
+        return (f"run {run}: {summary['cv_note']}\n  test predictions from: "
+                f"{summary.get('test_from')}; next: kit submit {run}")
+    per_fold = summary.get("per_fold", [])
+    folds = "  ".join(f"fold{f['fold']} {f.get(metric, nan):.4f}" for f in per_fold)
+    scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
+    worst = sorted(scored.items(), key=lambda kv: kv[1])[:4]
+    total = summary.get("timings", {}).get("total_s")
+    spread = (f" +- {cv[f'{metric}_std']:.4f}"
+              if len(per_fold) > 1 and cv.get(f"{metric}_std") is not None else "")
+    others = "".join(f"  {m.replace('_', ' ')} {cv.get(m, nan):.4f}"  # the competition metric first
+                     for m in ("accuracy", "log_loss") if m != metric)
+    run = runs_dir / summary.get("run", "?")
+    lines = [f"run {run}: CV {metric} {cv.get(metric, nan):.4f}{spread}{others}"
+             + (f"  ({total / 60:.1f} min)" if total else ""),
+             f"  per fold: {folds}",
+             "  hardest classes: " + ", ".join(f"{c} {a:.3f}" for c, a in worst)]
+    if summary.get("partial"):
+        lines.append(f"  partial run: {', '.join(summary['partial'])} -- a quick look, "
+                     "not the recipe's CV")
+    lines.append(f"  test predictions from: {summary.get('test_from', 'folds')}; "
+                 f"next: kit report {run}")
+    lines += [f"  warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def fetch_lines(result: dict) -> str:
+    """`kit fetch`'s result: "<path>: fetched" and the counts line; after a refold or a rebuilt
+    cache, the counts line; after a verified no-op, nothing (fetch printed its status itself)."""
+    status = result.get("status", "")
+    if status.startswith("no-op") and not result.get("decode_s"):
+        return ""  # fetch itself printed "<path>: no-op: already fetched and verified"
+    lines = [f"{result['path']}: {status}"] if status == "fetched" else []
+    sizes = ", ".join(f"{k}: {v}" for k, v in result.get("image_sizes", {}).items())
+    decoded = f", decoded in {result['decode_s']} s" if result.get("decode_s") else ""
+    lines.append(f"  {result['classes']} classes, {result['n_train']} train, {result['n_test']} "
+                 f"test images ({sizes}); {result['folds']['k']} folds (seed "
+                 f"{result['folds']['seed']}); cache {result['cache_mb']} MB{decoded}")
+    sub = result.get("submission")
+    if sub and status == "fetched":
+        what = {"label": "one label per row", "labels": f"{sub.get('k', 'a set of')} labels per row",
+                "prob": "one probability column per class",
+                "prob_positive": f"P({sub.get('positive')}) per row"}[sub["kind"]]
+        lines.append(f"  task {result['task']}, metric {result['metric']} (--metric to change), "
+                     f"submission: {what}")
+    return "\n".join(lines)  # warnings: fetch printed them as it found them

@@ -1,0 +1,231 @@
+"""Tiny copies of real Kaggle image-classification competitions, one function per competition.
+
+Each writes `<folder>/<slug>.zip` as `kaggle competitions download -c <slug>` gives it: the real
+file names, CSV headers, nesting and formats from the competition's public data page (train.zip /
+*.csv.zip inside the download where Kaggle ships those), with a few tiny generated images. Each
+image is one flat colour derived from its class, so a net can learn it in an epoch. Returns the
+zip's path. `COMPS` maps slug -> writer.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+RNG_SEED = 0
+
+
+def _img(value: int, size=(8, 8), fmt="PNG", mode="RGB") -> bytes:
+    arr = np.full((*size, 3), value % 256, np.uint8)
+    arr[0, 0] = (value * 7) % 256  # a little texture: not every image the same file
+    im = Image.fromarray(arr).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _csv(df: pd.DataFrame) -> bytes:
+    return df.to_csv(index=False).encode()
+
+
+def _zip(path: Path, entries: dict[str, bytes]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _inner(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _hex(rng, n=9) -> str:
+    return "".join(rng.choice(list("0123456789abcdef"), n))
+
+
+def plant_seedlings(folder: Path, per_class=4, n_test=4) -> Path:
+    """plant-seedlings-classification: train/<species>/<hash>.png (names with spaces), flat
+    test/, sample_submission.csv `file,species`."""
+    rng = np.random.default_rng(RNG_SEED)
+    classes = ["Black-grass", "Common Chickweed", "Loose Silky-bent", "Small-flowered Cranesbill"]
+    e = {}
+    for k, c in enumerate(classes):
+        for _ in range(per_class):
+            e[f"train/{c}/{_hex(rng)}.png"] = _img(40 + 50 * k, (10, 10))
+    test = [f"{_hex(rng)}.png" for _ in range(n_test)]
+    for i, f in enumerate(test):
+        e[f"test/{f}"] = _img(40 + 50 * (i % 4), (10, 10))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"file": test, "species": "Black-grass"}))
+    return _zip(folder / "plant-seedlings-classification.zip", e)
+
+
+def state_farm(folder: Path, drivers=("p002", "p012", "p014", "p015", "p016"), n_test=5) -> Path:
+    """state-farm-distracted-driver-detection: imgs/train/c0..c9/img_<n>.jpg, imgs/test/,
+    driver_imgs_list.csv `subject,classname,img`, sample `img,c0..c9` (probabilities)."""
+    classes = [f"c{k}" for k in range(10)]
+    e, rows, n = {}, [], 0
+    for d in drivers:
+        for k, c in enumerate(classes):
+            n += 1
+            e[f"imgs/train/{c}/img_{n}.jpg"] = _img(20 + 23 * k, (12, 16), "JPEG")
+            rows.append((d, c, f"img_{n}.jpg"))
+    test = [f"img_{100000 + i}.jpg" for i in range(n_test)]
+    for i, f in enumerate(test):
+        e[f"imgs/test/{f}"] = _img(20 + 23 * i, (12, 16), "JPEG")
+    e["driver_imgs_list.csv"] = _csv(pd.DataFrame(rows, columns=["subject", "classname", "img"]))
+    sub = pd.DataFrame({"img": test, **{c: 0.1 for c in classes}})
+    e["sample_submission.csv"] = _csv(sub)
+    return _zip(folder / "state-farm-distracted-driver-detection.zip", e)
+
+
+def dogs_vs_cats(folder: Path, per_class=6, n_test=5) -> Path:
+    """dogs-vs-cats-redux-kernels-edition: train.zip (train/cat.0.jpg, train/dog.0.jpg ...),
+    test.zip (test/1.jpg ...), sample_submission.csv `id,label` = P(dog) 0.5."""
+    train = {f"train/{c}.{i}.jpg": _img(60 + 120 * k, (8, 8), "JPEG")
+             for k, c in enumerate(["cat", "dog"]) for i in range(per_class)}
+    test = {f"test/{i}.jpg": _img(60 + 120 * (i % 2), (8, 8), "JPEG") for i in range(1, n_test + 1)}
+    sub = pd.DataFrame({"id": range(1, n_test + 1), "label": 0.5})
+    return _zip(folder / "dogs-vs-cats-redux-kernels-edition.zip",
+                {"sample_submission.csv": _csv(sub), "test.zip": _inner(test),
+                 "train.zip": _inner(train)})
+
+
+def leaf(folder: Path, per_class=4, n_test=4) -> Path:
+    """leaf-classification: images.zip (images/<id>.jpg for train AND test), train.csv.zip
+    (`id,species,margin1..64,shape1..64,texture1..64`), test.csv.zip (the same without species),
+    sample_submission.csv.zip (`id,<99 species>`; here 3)."""
+    rng = np.random.default_rng(RNG_SEED)
+    classes = ["Acer_Capillipes", "Acer_Circinatum", "Quercus_Rubra"]
+    feats = [f"{k}{i}" for k in ("margin", "shape", "texture") for i in range(1, 65)]
+    ids = rng.permutation(np.arange(1, per_class * 3 + n_test + 1))
+    train_ids, test_ids = sorted(ids[: per_class * 3]), sorted(ids[per_class * 3:])
+    species = [classes[i % 3] for i in range(len(train_ids))]
+    train = pd.DataFrame({"id": train_ids, "species": species})
+    train = pd.concat([train, pd.DataFrame(rng.random((len(train), 192)).round(6),
+                                           columns=feats)], axis=1)
+    test = pd.concat([pd.DataFrame({"id": test_ids}),
+                      pd.DataFrame(rng.random((n_test, 192)).round(6), columns=feats)], axis=1)
+    sub = pd.DataFrame({"id": test_ids, **{c: 1 / 3 for c in classes}})
+    images = {f"images/{i}.jpg": _img(50 + 70 * classes.index(s), (9, 9), "JPEG", "L")
+              for i, s in zip(train_ids, species, strict=True)}
+    images |= {f"images/{i}.jpg": _img(50 + 70 * (j % 3), (9, 9), "JPEG", "L")
+               for j, i in enumerate(test_ids)}
+    return _zip(folder / "leaf-classification.zip", {
+        "images.zip": _inner(images), "sample_submission.csv.zip":
+        _inner({"sample_submission.csv": _csv(sub)}), "test.csv.zip": _inner({"test.csv": _csv(test)}),
+        "train.csv.zip": _inner({"train.csv": _csv(train)})})
+
+
+def digit_recognizer(folder: Path, n_train=40, n_test=6) -> Path:
+    """digit-recognizer: train.csv `label,pixel0..pixel783` (28x28 grayscale 0..255), test.csv
+    pixels only, sample_submission.csv `ImageId,Label` with ImageId 1..N."""
+    rng = np.random.default_rng(RNG_SEED)
+    labels = np.arange(n_train) % 4
+    px = lambda ys: np.stack([np.full(784, 30 + 60 * y) for y in ys]) + rng.integers(0, 5, (len(ys), 784))  # noqa
+    cols = [f"pixel{i}" for i in range(784)]
+    train = pd.concat([pd.DataFrame({"label": labels}), pd.DataFrame(px(labels), columns=cols)],
+                      axis=1)
+    test = pd.DataFrame(px(np.arange(n_test) % 4), columns=cols)
+    sub = pd.DataFrame({"ImageId": range(1, n_test + 1), "Label": 0})
+    return _zip(folder / "digit-recognizer.zip", {"sample_submission.csv": _csv(sub),
+                                                  "test.csv": _csv(test), "train.csv": _csv(train)})
+
+
+def cassava(folder: Path, per_class=4, n_test=3, label_map: dict | None = None) -> Path:
+    """cassava-leaf-disease-classification: train.csv `image_id,label` (image_id = `<n>.jpg`,
+    label 0-4), train_images/, test_images/, label_num_to_disease_map.json, sample `image_id,label`."""
+    names = {"0": "Cassava Bacterial Blight (CBB)", "1": "Cassava Brown Streak Disease (CBSD)",
+             "2": "Cassava Green Mottle (CGM)", "3": "Cassava Mosaic Disease (CMD)", "4": "Healthy"}
+    rng = np.random.default_rng(RNG_SEED)
+    ids = [f"{n}.jpg" for n in rng.choice(10**9, per_class * 5 + n_test, replace=False) + 10**9]
+    labels = [i % 5 for i in range(per_class * 5)]
+    e = {f"train_images/{i}": _img(20 + 45 * y, (10, 8), "JPEG") for i, y in zip(ids, labels)}
+    test = ids[per_class * 5:]
+    e |= {f"test_images/{i}": _img(20 + 45 * (j % 5), (10, 8), "JPEG") for j, i in enumerate(test)}
+    e["train.csv"] = _csv(pd.DataFrame({"image_id": ids[: per_class * 5], "label": labels}))
+    e["label_num_to_disease_map.json"] = json.dumps(names if label_map is None else label_map).encode()
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"image_id": test, "label": 4}))
+    return _zip(folder / "cassava-leaf-disease-classification.zip", e)
+
+
+def plant_pathology(folder: Path, n_train=16, n_test=4) -> Path:
+    """plant-pathology-2020-fgvc7: images/Train_<n>.jpg and images/Test_<n>.jpg in ONE folder,
+    train.csv `image_id,healthy,multiple_diseases,rust,scab` (one-hot, image_id without .jpg),
+    test.csv `image_id`, sample_submission.csv with the four probability columns."""
+    cols = ["healthy", "multiple_diseases", "rust", "scab"]
+    y = np.arange(n_train) % 4
+    train = pd.DataFrame({"image_id": [f"Train_{i}" for i in range(n_train)]})
+    for k, c in enumerate(cols):
+        train[c] = (y == k).astype(int)
+    e = {f"images/Train_{i}.jpg": _img(30 + 60 * y[i], (8, 12), "JPEG") for i in range(n_train)}
+    e |= {f"images/Test_{i}.jpg": _img(30 + 60 * (i % 4), (8, 12), "JPEG") for i in range(n_test)}
+    test = pd.DataFrame({"image_id": [f"Test_{i}" for i in range(n_test)]})
+    e["train.csv"], e["test.csv"] = _csv(train), _csv(test)
+    e["sample_submission.csv"] = _csv(test.assign(**{c: 0.25 for c in cols}))
+    return _zip(folder / "plant-pathology-2020-fgvc7.zip", e)
+
+
+def imet(folder: Path, n_train=24, n_test=4) -> Path:
+    """imet-2019-fgvc6: train/<id>.png, test/<id>.png (id = hex, no extension in the CSV),
+    train.csv `id,attribute_ids` ("13 405 896"), labels.csv `attribute_id,attribute_name`,
+    sample_submission.csv `id,attribute_ids`."""
+    rng = np.random.default_rng(RNG_SEED)
+    attrs = {"13": "culture::american", "405": "tag::dogs", "896": "tag::women", "1020": "tag::men"}
+    keys = list(attrs)
+    sets = [sorted({keys[i % 4], keys[(i // 4) % 4]}, key=int) for i in range(n_train)]
+    ids = [_hex(rng, 16) for _ in range(n_train + n_test)]
+    e = {f"train/{i}.png": _img(20 + 50 * keys.index(s[0]), (8, 8)) for i, s in zip(ids, sets)}
+    e |= {f"test/{i}.png": _img(20 + 50 * j, (8, 8)) for j, i in enumerate(ids[n_train:])}
+    e["train.csv"] = _csv(pd.DataFrame({"id": ids[:n_train], "attribute_ids": [" ".join(s) for s in sets]}))
+    e["labels.csv"] = _csv(pd.DataFrame({"attribute_id": keys, "attribute_name": attrs.values()}))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"id": ids[n_train:], "attribute_ids": "13 405"}))
+    return _zip(folder / "imet-2019-fgvc6.zip", e)
+
+
+def humpback(folder: Path, n_test=4) -> Path:
+    """humpback-whale-identification: train/<hash>.jpg, test/, train.csv `Image,Id` (one whale
+    Id per image, `new_whale` for unknowns, many whales with one image), sample_submission.csv
+    `Image,Id` = five space-separated whale Ids (MAP@5)."""
+    rng = np.random.default_rng(RNG_SEED)
+    whales = ["new_whale"] * 8 + ["w_23a388d"] * 4 + ["w_9b5109b"] * 4 + ["w_0369a5c", "w_9c506f6"]
+    imgs = [f"{_hex(rng)}.jpg" for _ in range(len(whales) + n_test)]
+    shade = {w: 30 + 50 * k for k, w in enumerate(dict.fromkeys(whales))}
+    e = {f"train/{f}": _img(shade[w], (8, 16), "JPEG") for f, w in zip(imgs, whales)}
+    e |= {f"test/{f}": _img(30 + 50 * j, (8, 16), "JPEG") for j, f in enumerate(imgs[len(whales):])}
+    e["train.csv"] = _csv(pd.DataFrame({"Image": imgs[: len(whales)], "Id": whales}))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({
+        "Image": imgs[len(whales):], "Id": "new_whale w_23a388d w_9b5109b w_9c506f6 w_0369a5c"}))
+    return _zip(folder / "humpback-whale-identification.zip", e)
+
+
+def histopathology(folder: Path, n_train=16, n_test=4, sample_value="0") -> Path:
+    """histopathologic-cancer-detection: train/<id>.tif, test/<id>.tif (96x96 RGB TIFF; here
+    8x8), train_labels.csv `id,label` 0/1 (id = hex, no extension), sample `id,label` (0)."""
+    rng = np.random.default_rng(RNG_SEED)
+    ids = [_hex(rng, 40) for _ in range(n_train + n_test)]
+    y = np.arange(n_train) % 2
+    e = {f"train/{i}.tif": _img(60 + 120 * t, (8, 8), "TIFF") for i, t in zip(ids, y)}
+    e |= {f"test/{i}.tif": _img(60 + 120 * (j % 2), (8, 8), "TIFF") for j, i in enumerate(ids[n_train:])}
+    e["train_labels.csv"] = _csv(pd.DataFrame({"id": ids[:n_train], "label": y}))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"id": ids[n_train:], "label": sample_value}))
+    return _zip(folder / "histopathologic-cancer-detection.zip", e)
+
+
+COMPS = {"plant-seedlings-classification": plant_seedlings,
+         "state-farm-distracted-driver-detection": state_farm,
+         "dogs-vs-cats-redux-kernels-edition": dogs_vs_cats, "leaf-classification": leaf,
+         "digit-recognizer": digit_recognizer, "cassava-leaf-disease-classification": cassava,
+         "plant-pathology-2020-fgvc7": plant_pathology, "imet-2019-fgvc6": imet,
+         "humpback-whale-identification": humpback,
+         "histopathologic-cancer-detection": histopathology}
