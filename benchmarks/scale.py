@@ -74,13 +74,15 @@ def generate(src: Path, n: int, n_test: int, size: int) -> float:
     return time.perf_counter() - t0
 
 
-def measure(cmd: list[str], log: Path, env: dict | None = None) -> dict:
-    """Run `cmd` (output to `log`) under WRAP: {"rc", "maxrss_mb", "wall_s"}."""
+def measure(cmd: list[str], log: Path) -> dict:
+    """Run `cmd` (output to `log`) under WRAP, this checkout first on PYTHONPATH:
+    {"rc", "maxrss_mb", "wall_s"}."""
     out = log.with_suffix(".rss.json")
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     with open(log, "w") as f:
         subprocess.run([sys.executable, "-c", WRAP, str(out), *cmd], stdout=f,
-                       stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, check=False)
+                       stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": path}, check=False)
     res = json.loads(out.read_text())
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     if res["rc"] != 0:
@@ -149,7 +151,7 @@ seed: 0
     log = work / f"train_{load}.log"
     res = measure([sys.executable, "-m", "kaggle_kit", "train", str(recipe), "--force",
                    "--data-dir", str(work / "data"), "--runs-dir", str(work / "runs")],
-                  log, env={"PYTHONPATH": str(REPO)})
+                  log)
     run = work / "runs" / recipe.stem
     epoch = json.loads((run / "fold0" / "metrics.jsonl").read_text().splitlines()[-1])
     res["train_images_per_s"] = epoch.get("images_per_s")
@@ -182,11 +184,10 @@ def main() -> None:
           flush=True)
     if need > free * 0.9:
         sys.exit("not enough disk for this size")
-    env = {"PYTHONPATH": str(REPO)}
     try:
         print(f"generate: {generate(work / 'src', args.n, n_test, args.size):.0f} s", flush=True)
         fetch = measure([sys.executable, "-m", "kaggle_kit", "fetch", "scale", "--from",
-                         str(work / "src"), "--data-dir", str(work / "data")], work / "fetch.log", env)
+                         str(work / "src"), "--data-dir", str(work / "data")], work / "fetch.log")
         print(f"fetch: {fetch['wall_s']} s, peak RSS {fetch['maxrss_mb']:.0f} MB", flush=True)
         cache_dir = work / "data" / "scale" / "cache"
         cache_mb = sum(p.stat().st_size for p in cache_dir.glob("*.npy")) / 1e6

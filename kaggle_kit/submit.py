@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError, honest, metrics
-from kaggle_kit.ledger import LEDGER_COLUMNS, append_row, ledger_path, read_ledger, record_results
+from kaggle_kit.ledger import LEDGER_COLUMNS, append_row, ledger_path, read_ledger, record_results  # noqa: F401, E501 - LEDGER_COLUMNS re-exported
 from kaggle_kit.workspace import CompetitionDir, RunDir, disk_full, sha256_file, write_csv
 
 PROB_ATOL = 1e-3  # tolerance on "each probability row sums to 1"

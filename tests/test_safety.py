@@ -417,3 +417,34 @@ def test_disk_full_fetch_says_the_download_is_kept(tmp_path, tiny_disk):
     with pytest.raises(KitError, match=r"disk full .* the download .*demo\.zip .* is kept"):
         fetch("demo", data_dir=data)
     assert [p.name for p in data.iterdir()] == [".downloads"]
+
+
+# ----------------------------------------------------------------------------- blend members (item 10)
+
+
+def test_blend_refuses_a_run_twice_all_zero_rows_and_inf(tmp_path):
+    """A run blended with itself was accepted (weighted double); all-zero probability rows were
+    silently made uniform; inf passed the member check."""
+    import numpy as np
+
+    from kaggle_kit.blend import blend
+    from tests.fx_blend import make_comp, make_run
+
+    comp = make_comp(tmp_path / "data")
+    runs = tmp_path / "runs"
+    a = make_run(runs, "a", comp, seed=1).root
+    make_run(runs, "b", comp, seed=2)
+    kw = {"runs_dir": runs, "data_dir": tmp_path / "data", "submissions_dir": tmp_path / "subs"}
+    for twice in ([a, a], [a, runs / ".." / "runs" / "a"]):
+        with pytest.raises(KitError, match="given twice"):
+            blend(twice, **kw)
+    for i, bad in enumerate((0.0, np.inf)):
+        oof = RunDir(a).read_oof()
+        oof.iloc[3, 1:] = bad  # one row: all classes 0, or inf
+        RunDir(runs / f"bad{i}").root.mkdir()
+        shutil.copy(RunDir(a).summary_path, runs / f"bad{i}" / "summary.json")
+        shutil.copy(RunDir(a).test_path, runs / f"bad{i}" / "test.csv")
+        RunDir(runs / f"bad{i}").write_oof(oof, comp.classes)
+        with pytest.raises(KitError, match="infinite, negative or all-zero"):
+            blend([runs / f"bad{i}", runs / "b"], **kw)
+    assert not (tmp_path / "subs").exists()
