@@ -12,7 +12,7 @@ notebook with the internet off can `pip install` kit from it and `kit predict` w
                                     weights and config: normalisation stats, input size, classes)
     DIR/wheels/kaggle_kit-<version>-py3-none-any.whl   `pip wheel --no-deps` of this kit
 
-An export reads exactly like the run folder it came from (predict.load_tree), so `kit predict`
+An export reads exactly like the run folder it came from (runtree.load_tree), so `kit predict`
 has one code path for both.
 """
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from kaggle_kit import KitError, __version__
-from kaggle_kit.predict import EXPORT_FORMAT, open_source
+from kaggle_kit.runtree import EXPORT_FORMAT, open_source
 from kaggle_kit.workspace import sha256_file, write_json, write_text
 
 README = """# {run}: a kit export ({kind} run of `{comp}`, kit {version})
