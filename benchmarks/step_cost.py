@@ -52,6 +52,7 @@ def kit_images_per_s(args, runs_dir: Path, i: int) -> tuple[float, float]:
             "train.schedule=constant", "train.warmup_epochs=0", "train.label_smoothing=0",
             "augment.flip=false", "augment.pad_crop=0", "tta.views=[orig]",
             "train.channels_last=true", "train.mixed_precision=no"]
+    over += [f"data.limit={args.limit}"] if args.limit else []
     try:
         train.run(REPO / "recipes" / "resnet_fast.yaml", over, name=f"kit{i}", runs_dir=runs_dir,
                   data_dir=args.data_dir, resume=False, force=True)
@@ -66,17 +67,18 @@ def hand_images_per_s(args, x_u8: np.ndarray, y: np.ndarray, n_classes: int
     """A minimal PyTorch loop: float normalised tensor in memory, index, forward, backward, step."""
     from kaggle_kit import models
 
-    net = models.create_model(args.model, n_classes).to(memory_format=torch.channels_last)
-    x = torch.from_numpy(x_u8).permute(0, 3, 1, 2).float()
+    dev = torch.device(args.device)
+    net = models.create_model(args.model, n_classes).to(dev, memory_format=torch.channels_last)
+    x = torch.from_numpy(x_u8).to(dev).permute(0, 3, 1, 2).float()
     x = ((x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True))
     x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.from_numpy(y)
+    y = torch.from_numpy(y).to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=0.1 * args.batch_size / 256, momentum=0.9,
                           nesterov=True, weight_decay=5e-4)
     crit = torch.nn.CrossEntropyLoss()
     ips = 0.0, 0.0
     for _ in range(args.epochs):  # the last epoch is timed, like kit's
-        perm = torch.randperm(len(x))
+        perm = torch.randperm(len(x), device=dev)
         n_steps = len(x) // args.batch_size
         t0, c0 = time.perf_counter(), time.process_time()
         for s in range(n_steps):
@@ -85,6 +87,8 @@ def hand_images_per_s(args, x_u8: np.ndarray, y: np.ndarray, n_classes: int
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()  # the queued kernels are part of the epoch
         n = n_steps * args.batch_size
         ips = n / (time.perf_counter() - t0), n / (time.process_time() - c0)
     return ips
@@ -99,6 +103,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="hand loop's device (kit picks its own: the GPU when there is one)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="data.limit for both loops (quick runs: ~limit/4 images per fold)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -107,6 +115,8 @@ def main() -> None:
 
     comp = CompetitionDir.open(args.data_dir, args.competition)
     folds = comp.folds()
+    if args.limit:  # the rows kit's data.limit keeps: the first ~limit/n_folds of each fold
+        folds = folds.groupby("fold", sort=False).head(-(-args.limit // folds["fold"].nunique()))
     ids, cache = images.load_cache(comp, "train", None)
     row = {i: r for r, i in enumerate(ids)}
     tr = folds[folds["fold"] != 0]

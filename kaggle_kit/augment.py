@@ -11,7 +11,6 @@ import difflib
 import inspect
 import warnings
 
-import albumentations as A
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +22,8 @@ TTA_VIEWS = ("orig", "hflip", "vflip", "shift", "shift_dr", "shift_ul", "hflip_s
 
 
 def _transform_names() -> list[str]:
+    import albumentations as A  # lazily: only recipes with per-image transforms need it
+
     return sorted(n for n, c in vars(A).items()
                   if inspect.isclass(c) and issubclass(c, A.BasicTransform)
                   and not n.startswith("_") and n not in ("BasicTransform", "DualTransform",
@@ -33,6 +34,8 @@ def build_one(spec: dict, where: str = "augment") -> A.BasicTransform:
     """One albumentations transform from {"name": "HorizontalFlip", "p": 0.5, **kwargs}.
     Unknown name -> KitError with close names; kwargs it does not take or rejects -> KitError
     naming the transform."""
+    import albumentations as A
+
     if not isinstance(spec, dict) or "name" not in spec:
         raise KitError(f"{where}: each transform needs a 'name' key, got {spec!r}")
     kwargs = {k: v for k, v in spec.items() if k != "name"}
@@ -68,6 +71,8 @@ def build_transform(specs: list[dict], seed: int | None = None,
     seed: albumentations' own seed for reproducible pipelines."""
     if not specs:
         return None
+    import albumentations as A
+
     return A.Compose([build_one(s, f"{where}[{i}]") for i, s in enumerate(specs)], seed=seed)
 
 

@@ -6,12 +6,13 @@ notebook with the internet off can `pip install` kit from it and `kit predict` w
     DIR/competition.json        the competition's kit metadata (classes, class names, id column,
                                 submission format); DIR/sample_submission.csv: the sample's head
     DIR/runs/<run>/             one folder per run of the tree (a blend and all its members):
-        recipe.yaml, summary.json   (a blend's members[].path rewritten to runs/<member>)
+        recipe.yaml, summary.json   (a blend's members[].path rewritten to runs/<member>),
+        provenance.json         (train runs: mixed precision, device, versions, git sha)
         <model>/model.safetensors + config.json   the models test.csv averages (model.pt's
                                     weights and config: normalisation stats, input size, classes)
     DIR/wheels/kaggle_kit-<version>-py3-none-any.whl   `pip wheel --no-deps` of this kit
 
-An export reads exactly like the run folder it came from (predict.load_tree), so `kit predict`
+An export reads exactly like the run folder it came from (runtree.load_tree), so `kit predict`
 has one code path for both.
 """
 
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from kaggle_kit import KitError, __version__
-from kaggle_kit.predict import EXPORT_FORMAT, open_source
+from kaggle_kit.runtree import EXPORT_FORMAT, open_source
 from kaggle_kit.workspace import sha256_file, write_json, write_text
 
 README = """# {run}: a kit export ({kind} run of `{comp}`, kit {version})
@@ -109,6 +110,11 @@ def _write_tree(tree: dict, dest: Path, done: dict) -> str:
             m["path"] = _write_tree(member, dest, done)
     else:
         shutil.copyfile(tree["root"] / "recipe.yaml", folder / "recipe.yaml")
+        prov = tree["root"] / "provenance.json"  # the precision test.csv was predicted under
+        if prov.is_file():
+            keep = ("mixed_precision", "device", "versions", "git")
+            write_json(folder / "provenance.json",
+                       {k: v for k, v in json.loads(prov.read_text()).items() if k in keep})
         for model_dir in tree["models"]:
             _write_model(model_dir, folder / model_dir.name)
     write_json(folder / "summary.json", summary)

@@ -259,3 +259,19 @@ def test_pretrained_weights_with_dataset_normalisation_get_a_warning(train_tiny,
     assert warning not in capsys.readouterr().out
     train_tiny("demo", "train.epochs=1", "cv.folds=[0]", name="plain")
     assert warning not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_in_cpu_mode(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh on a CPU-only machine: tiny rows, determinism, step cost (~75 s)."""
+    zip_path = REPO.parent / "shared" / "competitions" / "cifar10-mini.zip"
+    if not zip_path.exists():
+        pytest.skip(f"{zip_path} absent")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), str(zip_path),
+                          str(tmp_path / "work")], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "GPU rows (bf16, fp16, compile) skipped" in out.stdout
+    assert "oof.csv byte-identical" in out.stdout  # same seed on CPU: the same file
+    assert "images/s (wall)    kit" in out.stdout and "ratio" in out.stdout

@@ -45,8 +45,8 @@ def _one_line_error(out: str) -> str:
 @pytest.fixture(scope="module")
 def ws(demo_data_dir: Path, tmp_path_factory) -> Path:
     """A workspace (cwd-independent paths) with data/digits160 and runs: a (folds), b (TTA views
-    orig+hflip, refit, test_from both), n (images as shipped, no resize), the blends s (stack of
-    a, b) and w (weighted), and top (mean of the blends s and w: a blend of blends)."""
+    orig+hflip, refit, test_from both, 3 epochs), n (images as shipped, no resize), the blends s (stack of
+    a, b) and w (greedy: weights), and top (mean of the blends s and w: a blend of blends)."""
     from kaggle_kit.blend import blend
     from kaggle_kit.fetch import fetch
     from kaggle_kit.train import run
@@ -69,13 +69,15 @@ def ws(demo_data_dir: Path, tmp_path_factory) -> Path:
     fetch(COMP, data_dir=data, source=src)
     recipe = REPO / "recipes" / "demo.yaml"
     for name, extra in (("a", []), ("b", ["tta.views=[orig,hflip]", "cv.refit=1",
-                                          "cv.test_from=both", "seed=1"]),
+                                          "cv.test_from=both", "seed=1", "train.epochs=3"]),
                         ("n", ["data.image_size=null"])):
         run(recipe, [*TINY, *extra], name=name, runs_dir=runs, data_dir=data)
     kw = {"runs_dir": runs, "data_dir": data, "submissions_dir": root / "subs"}
     blend([runs / "a", runs / "b"], method="stack", name="s", **kw)
-    blend([runs / "a", runs / "b"], method="weighted", name="w", **kw)
+    blend([runs / "a", runs / "b"], method="greedy", name="w", **kw)
     blend([runs / "s", runs / "w"], method="mean", name="top", **kw)
+    weights = RunDir(runs / "w").summary()["weights"]
+    assert abs(weights["a"] - weights["b"]) > 0.05, weights  # else predict could ignore them
     return root
 
 
@@ -91,9 +93,10 @@ def _assert_same_probs(probs_csv: Path, run: Path) -> None:
                                rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["a", "b", "n", "s", "top"])
+@pytest.mark.parametrize("name", ["a", "b", "n", "s", "w", "top"])
 def test_predict_on_the_runs_test_split_reproduces_test_csv(ws, tmp_path, name):
-    """Folds, refit+folds with TTA views, as-shipped images, a stack blend, a blend of blends."""
+    """Folds, refit+folds with TTA views, as-shipped images, a stack blend, a weighted blend,
+    a blend of blends."""
     run = ws / "runs" / name
     out = _kit("predict", run, COMP, "--out", tmp_path / "sub.csv", "--probs", tmp_path / "p.csv",
                *_dirs(ws))
