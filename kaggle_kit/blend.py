@@ -20,6 +20,7 @@ import pandas as pd
 
 from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
+from kaggle_kit.honest import describe_blend
 from kaggle_kit.plots import write_run_plots
 from kaggle_kit.workspace import (
     CompetitionDir,
@@ -237,6 +238,7 @@ def write_blend(out: RunDir, comp: CompetitionDir, members: list[Member], scores
         "weights": _weights(chosen, members),
         "coefficients": _coefficients(chosen["model"], members, classes),
         "leaderboard": _leaderboard(members, scores, results, metric),
+        **describe_blend(chosen["method"], [m.summary for m in members]),  # what CV / test.csv are
     }
     out.write_summary(summary)
     out.write_provenance({"command": "kit blend", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -310,6 +312,7 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
         f"kept: {chosen['method']}  honest OOF {metric} {got:.4f} "
         f"(best member {best:.4f}, {got - best:+.4f})"
         + ("" if metric == "log_loss" else f", log loss {summary['cv']['log_loss']:.4f}"),
+        f"  CV is: {summary['cv_label']}",
         f"weights: {summary['weights']}" if summary["weights"] else "weights: stacked "
         "(see summary.json coefficients)",
         f"run: {out.root}", f"submission: {sub_path}"])

@@ -108,12 +108,14 @@ def train(
     force: Annotated[bool, typer.Option("--force", help="Overwrite a run folder made by another recipe.")] = False,
 ) -> None:
     """Train a recipe: stratified k-fold OOF + test predictions in runs/<name>/."""
+    from kaggle_kit.honest import find_estimates
     from kaggle_kit.train import is_main_process, run
 
     summary = run(recipe, overrides or [], name=name, runs_dir=runs_dir, data_dir=data_dir,
                   resume=resume, force=force)
     if is_main_process():  # one summary, not one per process
-        _print(show.run_lines(summary, runs_dir))
+        estimates = find_estimates(runs_dir / summary["run"], runs_dir)
+        _print(show.run_lines(summary, runs_dir, estimates))
 
 
 @app.command()
@@ -133,15 +135,7 @@ def estimate(
 
     r = do_estimate(recipe, overrides or [], holdout_fold=holdout_fold, name=name,
                     runs_dir=runs_dir, data_dir=data_dir, force=force)
-    scores = "  ".join(f"{m} {v:.4f}" for m, v in r["holdout"].items())
-    cv = r["cv_shown"]
-    typer.echo(f"estimate of {r['recipe']} (test.csv from {r['test_from']}): {scores} on "
-               f"{r['n_holdout']} held-out images of fold {r['holdout_fold']}; trained on "
-               f"{r['trained_on']} (the full run sees all: expect it a little higher)")
-    typer.echo(f"  the same run's CV ({cv.get('what', 'OOF of the fold models')}): "
-               + "  ".join(f"{m} {v:.4f}" for m, v in cv.items() if isinstance(v, float)
-                           and not m.endswith("_std")))
-    typer.echo(f"  run folder: {runs_dir / r['run']} (estimate.json)")
+    typer.echo(show.estimate_lines(r, runs_dir))
 
 
 @app.command()

@@ -60,7 +60,9 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     result |= {"recipe": str(recipe_path), "overrides": list(overrides), "competition": comp.name,
                "holdout_fold": k, "run": run_name, "test_from": summary.get("test_from"),
                "trained_on": f"{len(folds) - len(held)} of {len(folds)} train images",
-               "cv_shown": summary.get("cv", {})}
+               "n_trained": len(folds) - len(held), "n_train": len(folds),
+               "cv_shown": summary.get("cv") or {}, "test_is": summary.get("test_is"),
+               "cv_label": summary.get("cv_label")}
     write_json(run.root / "estimate.json", result)
     return result
 

@@ -1,7 +1,11 @@
 """`submissions/ledger.csv`: the append-only history of every upload (read and written only here).
 
 Columns (LEDGER_COLUMNS): time (UTC ISO), competition, file, sha256, run, method, cv, message,
-submission_id, status (pending|complete|error), public_score, error, metric.
+submission_id, status (pending|complete|error), public_score, error, metric, cv_is (what the
+CV is a score of: honest.py's short label), estimate (the held-out score of the same recipe's
+test.csv from `kit estimate`, empty when there is none), estimate_is (how it was obtained).
+A ledger started before a column existed keeps its own header: its rows lack that column (read
+as "") -- the file is never rewritten to add it.
 
 The file is history a user cannot get back, so kit never rewrites it whole: an upload appends one
 row, and Kaggle's later verdict appends another row with the same submission_id (the last row of
@@ -21,7 +25,8 @@ import pandas as pd
 from kaggle_kit import KitError
 
 LEDGER_COLUMNS = ["time", "competition", "file", "sha256", "run", "method", "cv", "message",
-                  "submission_id", "status", "public_score", "error", "metric"]
+                  "submission_id", "status", "public_score", "error", "metric", "cv_is", "estimate",
+                  "estimate_is"]
 REQUIRED = ("time", "competition", "file", "submission_id", "status")  # in every kit ledger
 
 

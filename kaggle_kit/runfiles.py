@@ -266,6 +266,7 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
                     "models": stats},
         "images_per_s": round(sum(s["images"] for s in stats.values()) / max(train_s, 1e-9), 1),
         "partial": partial_reasons(ctx, preds),
+        **_score_labels(ctx, preds, members),
     }
     # a 1-fold, 2-epoch look predicts test poorly by design: no shift warning then (the CLI prints it)
     shift = not summary["partial"] and ctx.task != "multilabel"
@@ -275,6 +276,17 @@ def write_results(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
     run_dir.write_provenance(_provenance(ctx, t_start))
     plots.write_run_plots(run_dir, labels, task=ctx.task, metric=ctx.metric)
     return summary
+
+
+def _score_labels(ctx: Ctx, preds: dict[str, dict], members: list[str]) -> dict:
+    """cv_is / test_is / cv_honest / cv_label (kaggle_kit/honest.py): what this run's CV and
+    test.csv each are, so no CV is shown as the score of a test.csv it does not describe."""
+    from kaggle_kit import honest
+
+    folds = [m for m in preds if m.startswith("fold")]
+    # share of the run's train images each fold model trained on (fold -1 images train in all)
+    frac = float(np.mean([(ctx.fold != int(m[4:])).mean() for m in folds])) if folds else None
+    return honest.describe_train(folds, members, frac, len(ctx.rec.tta.views))
 
 
 def _never_oof_warning(ctx: Ctx) -> list[str]:

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kaggle_kit import honest
 
-def run_lines(summary: dict, runs_dir: Path) -> str:
-    """A finished training run in a few lines: CV (with its spread over >= 2 folds), per fold, the
-    hardest classes, what makes it partial, where its test predictions come from, what to do next."""
+
+def run_lines(summary: dict, runs_dir: Path, estimates: list[dict] | None = None) -> str:
+    """A finished training run in a few lines: CV (with its spread over >= 2 folds) and what it
+    is a score of (honest.py), the held-out `estimates` of the same recipe (kit estimate) when
+    there are any, per fold, the hardest classes, what makes it partial, where its test
+    predictions come from, what to do next."""
     cv, metric, nan = summary.get("cv") or {}, summary.get("metric") or "accuracy", float("nan")
+    est = honest.estimate_label(estimates or [], metric)
     if not cv and summary.get("cv_note"):  # a refit-only run has no OOF rows, hence no CV
         run = runs_dir / summary.get("run", "?")
-        return (f"run {run}: {summary['cv_note']}\n  test predictions from: "
-                f"{summary.get('test_from')}; next: kit submit {run}")
+        return (f"run {run}: {summary['cv_note']}" + (f"\n  {est}" if est else "")
+                + f"\n  test predictions from: {summary.get('test_from')}; next: kit submit {run}")
     per_fold = summary.get("per_fold", [])
     folds = "  ".join(f"fold{f['fold']} {f.get(metric, nan):.4f}" for f in per_fold)
     scored = {c: a for c, a in summary.get("per_class", {}).items() if a is not None}  # None: no OOF image
@@ -26,6 +31,7 @@ def run_lines(summary: dict, runs_dir: Path) -> str:
     run = runs_dir / summary.get("run", "?")
     lines = [f"run {run}: CV {metric} {cv.get(metric, nan):.4f}{spread}{others}"
              + (f"  ({total / 60:.1f} min)" if total else ""),
+             f"  CV is: {honest.cv_label(summary, bool(est))}" + (f"\n  {est}" if est else ""),
              f"  per fold: {folds}",
              "  hardest classes: " + ", ".join(f"{c} {a:.3f}" for c, a in worst)]
     if summary.get("partial"):
@@ -35,6 +41,23 @@ def run_lines(summary: dict, runs_dir: Path) -> str:
                  f"next: kit report {run}")
     lines += [f"  warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
+
+
+def estimate_lines(r: dict, runs_dir: Path) -> str:
+    """`kit estimate`'s result (estimate.json's dict): the held-out scores of test.csv, what that
+    test.csv was, and the CV the same run shows, labelled."""
+    scores = "  ".join(f"{m} {v:.4f}" for m, v in r["holdout"].items())
+    cv = r.get("cv_shown") or {}
+    shown = "  ".join(f"{m} {v:.4f}" for m, v in cv.items()
+                      if isinstance(v, float) and not m.endswith("_std"))
+    return "\n".join([
+        f"estimate of {r['recipe']}: {scores} on {r['n_holdout']} held-out images of fold "
+        f"{r['holdout_fold']}; trained on {r['trained_on']} (the full run sees all: expect it "
+        "a little higher)",
+        f"  scored: test.csv = {r.get('test_is') or r.get('test_from')}",
+        f"  the same run's CV: {shown or 'none'} ({r.get('cv_label') or 'OOF of its fold models'})",
+        f"  run folder: {runs_dir / r['run']} (estimate.json); kit train, kit submit and kit "
+        "submissions show it next to the CV of runs of the same recipe + overrides"])
 
 
 def fetch_lines(result: dict) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit import KitError, metrics
+from kaggle_kit import KitError, honest, metrics
 from kaggle_kit.ledger import LEDGER_COLUMNS, append_row, ledger_path, read_ledger, record_results  # noqa: F401, E501 - LEDGER_COLUMNS re-exported
 from kaggle_kit.workspace import CompetitionDir, RunDir, disk_full, sha256_file, write_csv
 
@@ -259,13 +259,16 @@ def _submit(target: Path, message: str | None, dry_run: bool, competition: str |
     if dry_run:
         partial = (f"\nnote: {info['run']} is a partial run: {', '.join(info['partial'])} -- its "
                    "test predictions are a quick look's, not the recipe's") if info["partial"] else ""
-        return f"dry run: {path} is a valid submission for {comp}; nothing uploaded{partial}"
+        return (f"dry run: {path} is a valid submission for {comp}; nothing uploaded\n  "
+                f"{info['scores']}{partial}")
     from kaggle_kit import kaggle_io
 
-    msg = message or f"{info['run'] or path.stem} (cv {info['metric']} {info['cv'] or '?'})"
+    msg = message or (f"{info['run'] or path.stem} (cv {info['metric']} {info['cv'] or '?'}"
+                      + (f", holdout {info['estimate']}" if info["estimate"] else "") + ")")
     kaggle_io.check_credentials()  # every check before the upload: it counts against the limit
     row = {"competition": comp, "file": str(path), "sha256": sha256_file(path), "run": info["run"],
            "method": info["method"], "cv": info["cv"], "metric": info["metric"], "message": msg,
+           "cv_is": info["cv_is"], "estimate": info["estimate"], "estimate_is": info["estimate_is"],
            "status": "pending", "public_score": "", "error": ""}
     sub = kaggle_io.submit_file(comp, path, msg)
     row.update(time=datetime.now(timezone.utc).isoformat(timespec="seconds"), submission_id=sub["id"])
@@ -290,8 +293,7 @@ def _submit(target: Path, message: str | None, dry_run: bool, competition: str |
         raise KitError(f"{path}: Kaggle could not score submission {sub['id']}: {result['error']}")
     score = result["public_score"]
     return (f"submission {sub['id']} ({path.name}): public score "
-            f"{'(none yet)' if score is None else f'{score:.5f}'} | CV {info['cv'] or '?'}"
-            + (f" ({info['metric']})" if info["metric"] else ""))
+            f"{'(none yet)' if score is None else f'{score:.5f}'} | {info['scores']}")
 
 
 def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Path,
@@ -301,7 +303,7 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
         target = runs_dir / target
     if target.is_dir():
         run = RunDir(target)
-        info = _run_info(run, competition)
+        info = _run_info(run, competition, runs_dir)
         comp = CompetitionDir.open(data_dir, info["competition"])
         df = build_submission(run, comp)
         validate_submission(df, comp, f"submission built from {run.test_path}")
@@ -311,10 +313,12 @@ def _prepare(target: Path, competition: str | None, data_dir: Path, runs_dir: Pa
     stamped = re.match(r"\d{8}T\d{6}Z-(.+?)(-\d+)?\.csv$", target.name)
     run = RunDir(runs_dir / stamped.group(1)) if stamped else None
     if run is not None and run.summary_path.exists():
-        info = _run_info(run, competition)
+        info = _run_info(run, competition, runs_dir)
     else:
         info = {"competition": competition or _only_competition(data_dir, target),
-                "run": "", "method": "csv", "cv": "", "metric": "", "partial": []}
+                "run": "", "method": "csv", "cv": "", "metric": "", "partial": [], "cv_is": "",
+                "estimate": "", "estimate_is": "",
+                "scores": "no CV: a CSV kit cannot trace to a run (no score estimate)"}
     comp = CompetitionDir.open(data_dir, info["competition"])
     validate_submission(read_submission_csv(target), comp, str(target))
     return target, info
@@ -352,15 +356,23 @@ def _reuse_identical(path: Path, run_name: str) -> Path:
     return path
 
 
-def _run_info(run: RunDir, competition: str | None) -> dict:
+def _run_info(run: RunDir, competition: str | None, runs_dir: Path) -> dict:
+    """What the ledger and the output say about a run: its CV, what that CV is (cv_is, the
+    short label of honest.py) and the held-out estimate of the same recipe (kit estimate), if any."""
     summary = run.summary()
     comp = competition or summary.get("competition")
     if not comp:
         raise KitError(f"{run.summary_path}: no 'competition' key; pass --competition")
     metric, cv = metrics.cv_score(summary)
+    estimates = honest.find_estimates(run.root, runs_dir)
+    est = honest.estimate_value(estimates, metric)
     return {"competition": comp, "run": run.name, "cv": "" if cv is None else f"{cv:.5f}",
             "metric": metric, "method": summary.get("method") or summary.get("kind") or "",
-            "partial": summary.get("partial") or []}
+            "partial": summary.get("partial") or [],
+            "cv_is": honest.cv_label(summary, est is not None),
+            "estimate": "" if est is None else f"{est:.5f}",
+            "estimate_is": honest.estimate_label(estimates, metric),
+            "scores": honest.score_line(summary, estimates)}
 
 
 def _only_competition(data_dir: Path, target: Path) -> str:
@@ -410,13 +422,23 @@ def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
                f"{int((df['status'] == 'pending').sum())} pending row(s) updated"
         df = read_ledger(submissions_dir)
     df = df.iloc[::-1].sort_values("time", ascending=False, kind="stable")  # ties: later row first
-    cv, lb = pd.to_numeric(df["cv"], errors="coerce"), pd.to_numeric(df["public_score"], errors="coerce")
+    num = lambda c: pd.to_numeric(df[c], errors="coerce")  # noqa: E731
+    gap = lambda d: d.map(lambda x: "" if pd.isna(x) else f"{x:+.4f}")  # noqa: E731
+    cv, lb, ho = num("cv"), num("public_score"), num("estimate")
     table = pd.DataFrame({
         "time": df["time"].str.replace("+00:00", "Z"), "run": df["run"], "method": df["method"],
-        "metric": df["metric"].replace("", "?"), "cv": df["cv"], "public": df["public_score"], "lb-cv": (lb - cv).map(
-            lambda x: "" if pd.isna(x) else f"{x:+.4f}"),
+        "metric": df["metric"].replace("", "?"), "cv": df["cv"], "holdout": df["estimate"],
+        "public": df["public_score"], "lb-cv": gap(lb - cv), "lb-holdout": gap(lb - ho),
         "status": df["status"], "id": df["submission_id"], "message": df["message"].str[:40],
-        "error": df["error"].str[:60]})
+        "error": df["error"].str[:60],
+        # what the cv column is a score of; rows from before kit recorded it say so
+        "cv is": df["cv_is"].where((df["cv_is"] != "") | (df["cv"] == ""), "(not recorded)")})
     if not table["error"].str.len().any():
         table = table.drop(columns="error")
-    return table.to_string(index=False) + note
+    return table.to_string(index=False) + note + _estimate_notes(df)
+
+
+def _estimate_notes(df: pd.DataFrame) -> str:
+    """Below the table: each shown run's holdout estimate and how it was obtained (newest first)."""
+    seen = df.loc[df["estimate_is"] != "", ["run", "estimate_is"]].drop_duplicates()
+    return "".join(f"\n{r.run}: {r.estimate_is}" for r in seen.itertuples())
