@@ -9,7 +9,9 @@ import torch
 
 from kaggle_kit import KitError
 from kaggle_kit.augment import (
+    TTA_VIEWS,
     batch_augment,
+    build_one,
     build_class_transforms,
     build_transform,
     mix_batch,
@@ -75,6 +77,23 @@ def test_tta_views():
     assert torch.equal(back[..., :-1, :-1], x[..., 1:, 1:])
     with pytest.raises(KitError, match="unknown view 'hflp'.*hflip"):
         tta_views(x, ["hflp"])
+
+
+def test_every_listed_tta_view_is_accepted_and_named_in_errors():
+    """TTA_VIEWS is what the error message offers: each name must work."""
+    x = torch.rand(2, 3, 6, 6)
+    for v in TTA_VIEWS:
+        (out,) = tta_views(x, [v])
+        assert out.shape == x.shape, v
+    with pytest.raises(KitError) as e:
+        tta_views(x, ["nope"])
+    assert all(v in str(e.value) for v in TTA_VIEWS)
+
+
+@pytest.mark.parametrize("name", ["BasicTransform", "DualTransform", "ImageOnlyTransform"])
+def test_albumentations_base_classes_are_not_transforms(name):
+    with pytest.raises(KitError, match=f"augment: unknown albumentations transform '{name}'"):
+        build_one({"name": name})
 
 
 def test_mix_batch():
