@@ -52,7 +52,15 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     src = Path(data_dir) / f"_{sub}_src"
     held = folds[folds["fold"] == k]
     _write_source(comp, meta, folds, k, src)
-    _fetch_sub(sub, src, meta, data_dir, int(folds["fold"].max()) + 1)
+    n_folds = int(folds["fold"].max()) + 1
+    try:
+        _fetch_sub(sub, src, meta, data_dir, n_folds)
+    except KitError as e:  # e.g. too few images per class: fetch's hint (--folds) is not ours
+        shutil.rmtree(src, ignore_errors=True)
+        hint = (f"; fewer folds: `kit fetch {comp.name} --refold --folds 2`, then estimate again"
+                if n_folds > 2 else "")
+        raise KitError(f"kit estimate: {comp.name} without fold {k} ({len(folds) - len(held)} "
+                       f"images) split into {n_folds} folds failed: {e}{hint}") from e
     summary = train.run(recipe_path, [*overrides, f"competition={sub}"], name=run_name,
                         runs_dir=runs_dir, data_dir=data_dir, force=force)
     run = RunDir(Path(runs_dir) / run_name)

@@ -120,32 +120,55 @@ class CacheArray:
             os.close(self._fd)
 
 
+READ_THREADS = 4  # pread calls in flight per batch: one thread left the GPU waiting (6.4k vs
+# 9.5k img/s at 128 px on an H200, where every syscall is slow)
+
+
 def stream_batches(arr: CacheArray, batches: list, device, depth: int = 2):
     """Yield arr[rows] as a (B,H,W,3) uint8 tensor on `device` for each `rows` in `batches`.
 
-    A thread reads `depth` batches ahead (pread releases the GIL) into pinned host memory when
-    `device` is a GPU, whose copy is then non_blocking: reading batch i+1 and copying batch i
-    overlap the step's compute. The pinned blocks are reused by torch's caching host allocator
-    only after their copy has finished."""
+    Threads read `depth` batches ahead (pread releases the GIL; each batch is split over
+    READ_THREADS reads). For a GPU they read into a ring of depth + 1 pinned buffers and the copy
+    is non_blocking, so reading and copying overlap the step's compute; a buffer is refilled only
+    once the CUDA event after its last copy has completed, so pinned memory stays
+    (depth + 1) x one batch however far the host runs ahead."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
+    if not batches:
+        return
     pin = torch.device(device).type == "cuda"
+    slots = depth + 1
+    ring = [torch.empty((max(map(len, batches)), *arr.shape[1:]), dtype=torch.uint8,
+                        pin_memory=True) for _ in range(slots)] if pin else None
+    copied: list = [None] * slots  # CUDA event after the last copy out of each ring buffer
+    arr._file()  # open the file once here, not racing in the reader threads
 
-    def read(rows):
-        t = torch.empty((len(rows), *arr.shape[1:]), dtype=torch.uint8, pin_memory=pin)
-        arr.read_into(np.asarray(rows), t.numpy())
+    def read(i: int, pool) -> torch.Tensor:
+        rows = np.asarray(batches[i])
+        if pin:
+            if copied[i % slots] is not None:
+                copied[i % slots].synchronize()
+            t = ring[i % slots][: len(rows)]
+        else:  # CPU: the yielded tensor is the buffer itself, so a fresh one per batch
+            t = torch.empty((len(rows), *arr.shape[1:]), dtype=torch.uint8)
+        out, parts = t.numpy(), np.array_split(np.arange(len(rows)), READ_THREADS)
+        for f in [pool.submit(arr.read_into, rows[p], out[p[0]:p[-1] + 1]) for p in parts if len(p)]:
+            f.result()
         return t
 
-    with ThreadPoolExecutor(1, thread_name_prefix="kit-read") as pool:
-        ahead = deque(pool.submit(read, b) for b in batches[:depth])
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="kit-read") as readers, \
+            ThreadPoolExecutor(1, thread_name_prefix="kit-batch") as ahead_pool:
+        ahead = deque(ahead_pool.submit(read, i, readers) for i in range(min(depth, len(batches))))
         for i in range(len(batches)):
             t = ahead.popleft().result()
-            if i + depth < len(batches):
-                ahead.append(pool.submit(read, batches[i + depth]))
-            yield t.to(device, non_blocking=pin)
-
-
+            if pin:
+                t = t.to(device, non_blocking=True)
+                copied[i % slots] = torch.cuda.Event()
+                copied[i % slots].record()
+            if i + depth < len(batches):  # its ring buffer is batch i-1's: event recorded above
+                ahead.append(ahead_pool.submit(read, i + depth, readers))
+            yield t
 
 
 # --- Dataset over the cache (owned by the models/augment helper) -------------------------------

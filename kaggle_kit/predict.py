@@ -122,9 +122,12 @@ def _autocast(leaf: dict, device):
     return lambda: torch.autocast(device.type, dtype=dtype)
 
 
-def _decode(paths: list[Path], size_fit: tuple, leaf: dict, cfg: dict, pool) -> list[np.ndarray]:
+def _decode(paths: list[Path], size_fit: tuple, leaf: dict, cfg: dict, pool,
+            shipped: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Decode a chunk as the run's cache was: resized when decoded (data.resize: decode), else as
-    shipped, which must then be the size the run saw (device mode resizes on the device)."""
+    shipped, which must then be the size the run saw: `shipped` (H, W), the competition's one
+    image size (a non-square one is stretched to the net's square by to_input, as in training),
+    else (img_size, img_size)."""
     from kaggle_kit import images
 
     size, fit = size_fit
@@ -132,12 +135,14 @@ def _decode(paths: list[Path], size_fit: tuple, leaf: dict, cfg: dict, pool) -> 
     data = leaf["recipe"].data
     if size is None and data.image_size is None:  # as shipped: the run only ever saw one size
         s = cfg["img_size"]
-        bad = next((i for i, a in enumerate(out) if a.shape[:2] != (s, s)), None)
+        want = shipped or (s, s)
+        bad = next((i for i, a in enumerate(out) if a.shape[:2] != want), None)
         if bad is not None:
             h, w = out[bad].shape[:2]
-            raise KitError(f"{paths[bad]}: {h}x{w} pixels, but run {leaf['name']} saw images "
-                           f"as shipped at {s}x{s} (data.image_size unset); resize the images to "
-                           f"{s}x{s}, or retrain with data.image_size={s}")
+            seen = f"{want[0]}x{want[1]}"
+            raise KitError(f"{paths[bad]}: {h}x{w} pixels (HxW), but run {leaf['name']} saw images "
+                           f"as shipped at {seen} (data.image_size unset); resize the images to "
+                           f"{seen}, or retrain with data.image_size={s}")
     return out
 
 
@@ -175,6 +180,8 @@ def predict_tree(tree: dict, paths: list[Path], comp: CompetitionDir, batch_size
     leafs = leaves(tree)
     nets = {leaf_key(lf): [_net(d, lf, device) for d in lf["models"]] for lf in leafs}
     probs = {leaf_key(lf): np.zeros((len(paths), len(lf["classes"]))) for lf in leafs}
+    sizes = list(comp.meta().get("image_sizes") or {})  # ["HxW", ...] as fetch recorded them
+    shipped = tuple(int(v) for v in sizes[0].split("x")) if len(sizes) == 1 else None
     bar = train_setup.progress_bars(progress, transient=True)
     task = bar.add_task("predict", total=len(paths))
     with bar, torch.no_grad(), ThreadPoolExecutor(8) as pool:
@@ -183,7 +190,8 @@ def predict_tree(tree: dict, paths: list[Path], comp: CompetitionDir, batch_size
             for lf in leafs:
                 size = train_setup.cache_size(lf["recipe"], comp, lambda *_: None)  # (size, fit)
                 if size not in decoded:  # leaves sharing a decode size decode once
-                    decoded[size] = _decode(chunk, size, lf, nets[leaf_key(lf)][0][1], pool)
+                    decoded[size] = _decode(chunk, size, lf, nets[leaf_key(lf)][0][1], pool,
+                                            shipped)
                 probs[leaf_key(lf)][i: i + len(chunk)] = _leaf_chunk(lf, nets[leaf_key(lf)],
                                                                  decoded[size], device)
             bar.advance(task, len(chunk))

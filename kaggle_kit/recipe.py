@@ -168,8 +168,13 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise KitError(f"{path}: recipe not found; `kit recipes` lists the shipped ones")
+    if not path.is_file():
+        raise KitError(f"{path}: is a folder, not a recipe file; give a .yaml file "
+                       "(`kit recipes` lists the shipped ones)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise KitError(f"{path}: cannot read the recipe ({e})") from e
     except yaml.YAMLError as e:
         raise KitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(raw, dict):
@@ -177,6 +182,27 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for item in overrides or []:
         _apply_override(raw, item, path)
     return validate(raw, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping: PyYAML would keep the last
+    one silently, so a pasted second `augment:` block would drop the recipe's own augment keys."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key '{key}' appears twice (lines {seen[key]} and {line}); "
+                "merge the two blocks into one", key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
 def validate(raw: dict, where: str = "recipe") -> Recipe:

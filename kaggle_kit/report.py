@@ -6,10 +6,12 @@ plain text. Scores come from metrics.py, plots from plots.py.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from kaggle_kit import KitError, metrics
 from kaggle_kit.metrics import confusion
@@ -99,8 +101,11 @@ def confused_pairs(cm: np.ndarray, classes: list[str], top: int = 8) -> list[tup
 
 
 def targeted_block(classes: list[str], factor: int = 2, run_name: str | None = None) -> str:
-    """A recipe `augment.targeted` block for `classes`, ready to paste into a recipe YAML."""
-    names = ", ".join(classes)
+    """A recipe `augment.targeted` block for `classes`, ready to paste into a recipe YAML.
+
+    A class value YAML would read as something else (cassava's "0", "yes", "null", "1e3") is
+    quoted, so the pasted list holds the strings the recipe expects."""
+    names = ", ".join(c if _plain_yaml(c) else json.dumps(c) for c in classes)
     auto = f"    # or, recomputed from this run: auto: {len(classes)}, from_run: {run_name}"
     return "\n".join([
         "augment:",
@@ -114,6 +119,14 @@ def targeted_block(classes: list[str], factor: int = 2, run_name: str | None = N
         "      - {name: CoarseDropout, num_holes_range: [1, 2], hole_height_range: [0.1, 0.25],"
         " hole_width_range: [0.1, 0.25], p: 0.5}",
     ])
+
+
+def _plain_yaml(value: str) -> bool:
+    """True if `value` written unquoted in a YAML flow list reads back as the same string."""
+    try:
+        return yaml.safe_load(f"[{value}]") == [value]
+    except yaml.YAMLError:
+        return False
 
 
 def single_report(path: Path, data_dir: Path, k_worst: int = 4) -> str:
@@ -136,7 +149,8 @@ def single_report(path: Path, data_dir: Path, k_worst: int = 4) -> str:
         t2 = _table("most-confused pairs", ["pair", "total", "a->b", "b->a"],
                     [[f"{a} <-> {b}", str(x + z), str(x), str(z)] for a, b, x, z in pairs])
         worst = [r["class"] for r in rows[:k_worst]]
-        parts = [t1, t2, f"suggested targeted augmentation ({k_worst} worst classes):",
+        parts = [t1, t2, f"suggested targeted augmentation ({k_worst} worst classes; `targeted:` goes "
+                 "under the recipe's own `augment:` section, beside its keys):",
                  targeted_block(worst, run_name=run.name)]
     summary = run.summary()
     if summary.get("kind") == "blend" and summary.get("leaderboard"):

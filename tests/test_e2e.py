@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from kaggle_kit.cli import app
+from kaggle_kit.ledger import read_ledger
 from tests.conftest import REPO, requires_shared
 
 SHRINK = ["model.name=kit_resnet9_s", "data.image_size=16", "train.epochs=1", "train.threads=1",
@@ -40,5 +41,5 @@ def test_fetch_train_blend_submit_cifar10_mini(kaggle_double, tmp_path):
     out = _kit("submit", runs / "ab", "-m", "e2e", "--timeout", "20", *dirs, "--runs-dir", runs,
                "--submissions-dir", subs, code=1)
     assert "no solution" in out and kaggle_double.uploads == 1
-    ledger = pd.read_csv(subs / "ledger.csv")
+    ledger = read_ledger(subs)  # one row per submission (the append-only file also holds its verdict)
     assert ledger["run"].tolist() == ["ab"] and ledger["message"].tolist() == ["e2e"]

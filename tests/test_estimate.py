@@ -14,6 +14,7 @@ from kaggle_kit.cli import app
 from kaggle_kit.estimate import estimate
 from kaggle_kit.fetch import fetch
 from kaggle_kit.workspace import CompetitionDir, sha256_file
+from tests import fx_comps
 from tests.conftest import REPO
 
 TINY = ["train.epochs=3", "data.image_size=16", "cv.folds=[0]", "cv.refit=true",
@@ -61,3 +62,16 @@ def test_estimate_refuses_a_folder_it_did_not_make(tmp_path):
     with pytest.raises(KitError, match="--holdout-fold 9"):
         estimate(REPO / "recipes" / "demo.yaml", TINY, holdout_fold=9, data_dir=data,
                  runs_dir=tmp_path / "runs")
+
+
+def test_estimate_on_too_few_images_per_class_says_what_to_do(tmp_path):
+    """cassava with 4 images a class: without one fold no class has 4 images for 4 folds. The
+    error is estimate's (fetch's `--folds` is no estimate option) and leaves no source folder."""
+    data = tmp_path / "data"
+    slug = "cassava-leaf-disease-classification"
+    fetch(slug, data_dir=data, source=fx_comps.cassava(tmp_path, per_class=4))
+    with pytest.raises(KitError, match=rf"kit estimate: {slug} without fold 3 .*"
+                                       rf"`kit fetch {slug} --refold --folds 2`"):
+        estimate(REPO / "recipes" / "demo.yaml", [f"competition={slug}", *TINY], data_dir=data,
+                 runs_dir=tmp_path / "runs")
+    assert not (data / f"_{slug}-ho3_src").exists() and not (tmp_path / "runs").exists()

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 from kaggle_kit import __version__
 from kaggle_kit.cli import app
 from kaggle_kit.workspace import CompetitionDir, RunDir
+from tests import fx_comps
 from tests.conftest import REPO
 
 COMP = "digits160"
@@ -150,6 +151,23 @@ def test_image_of_another_size_is_resized_or_refused_as_the_run_decodes(ws, tmp_
                                 *_dirs(ws), code=1))
     assert "big.png: 40x24 pixels" in line and "32x32" in line and "data.image_size=32" in line
     assert not (tmp_path / "t.csv").exists()
+
+
+def test_non_square_images_as_shipped_predict_like_test_csv(tmp_path):
+    """cassava's images are not square (here 10x8, HxW) and data.image_size is unset: training
+    stretches them to the net's 10x10 on the device; kit predict must take the same 10x8 images
+    (it refused them: "saw images as shipped at 10x10") and give the run's test.csv."""
+    from kaggle_kit.fetch import fetch
+    from kaggle_kit.train import run
+
+    slug, data, runs = "cassava-leaf-disease-classification", tmp_path / "data", tmp_path / "runs"
+    fetch(slug, data_dir=data, source=fx_comps.cassava(tmp_path, per_class=4), n_folds=2)
+    run(REPO / "recipes" / "demo.yaml", [f"competition={slug}", "data.image_size=null",
+        "train.batch_size=4", "train.epochs=1", "cv.folds=[0]", "cv.refit=false",
+        "cv.test_from=folds"], name="ns", runs_dir=runs, data_dir=data)
+    _kit("predict", runs / "ns", slug, "--out", tmp_path / "s.csv", "--probs", tmp_path / "p.csv",
+         "--data-dir", data, "--runs-dir", runs)
+    _assert_same_probs(tmp_path / "p.csv", runs / "ns")
 
 
 def test_unreadable_image_is_a_one_line_error(ws, tmp_path):

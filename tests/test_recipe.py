@@ -96,6 +96,21 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("train: [1, 2\n")
     with pytest.raises(KitError, match="not valid YAML"):
         load(tmp_path / "bad.yaml")
+    with pytest.raises(KitError, match="is a folder"):
+        load(tmp_path)
+    (tmp_path / "bin.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\xd0\xff")
+    with pytest.raises(KitError, match="cannot read the recipe"):
+        load(tmp_path / "bin.yaml")
+
+
+def test_key_given_twice_is_refused(tmp_path: Path) -> None:
+    """A second `augment:` block pasted below the recipe's own would silently replace it (PyYAML
+    keeps the last key): refused, naming both lines."""
+    text = (RECIPES / "resnet_fast.yaml").read_text() + "augment:\n  flip: false\n"
+    (tmp_path / "twice.yaml").write_text(text)
+    n = len(text.splitlines())
+    with pytest.raises(KitError, match=rf"key 'augment' appears twice \(lines \d+ and {n - 1}\)"):
+        load(tmp_path / "twice.yaml")
 
 
 def test_list_recipes_descriptions() -> None:

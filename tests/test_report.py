@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from kaggle_kit import KitError
 from kaggle_kit.metrics import oof_scores
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.report import report
+from kaggle_kit.recipe import validate
+from kaggle_kit.report import report, targeted_block
 from tests.fx_blend import make_comp, make_run, member_probs
 
 
@@ -68,6 +70,16 @@ def test_report_lists_worst_class_first_with_targeted_block(tmp_path):
     assert lines[0].split()[0] == "leopard" and lines[0].split()[3] == "shark"
     assert "leopard <-> shark" in text
     assert "targeted:" in text and "classes: [leopard," in text
+
+
+@pytest.mark.parametrize("classes", [["0", "3", "10"], ["yes", "null", "1e3", "a: b", "cat"]])
+def test_targeted_block_pastes_as_the_class_strings(classes):
+    """cassava's classes are "0".."4": the block must read back as those strings (not ints) and
+    validate as a recipe's augment section."""
+    block = yaml.safe_load(targeted_block(classes, run_name="r1"))
+    assert block["augment"]["targeted"]["classes"] == classes
+    rec = validate({"competition": "c", "model": {"name": "kit_cnn_s"}, "train": {"epochs": 1, "lr": 0.1}, **block})
+    assert rec.augment.targeted.classes == classes
 
 
 def test_report_against_side_by_side(tmp_path):
