@@ -90,6 +90,15 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     assert load(p) == rec
 
 
+def test_a_minimal_recipe_round_trips_with_every_default(tmp_path: Path) -> None:
+    """Every default is itself valid: a run's recipe.yaml (all defaults written out) loads back."""
+    p = tmp_path / "minimal.yaml"
+    p.write_text("competition: demo\nmodel: {name: kit_resnet9_s}\ntrain: {epochs: 1, lr: 0.1}\n")
+    rec = load(p)
+    p.write_text(dump(rec))
+    assert load(p) == rec
+
+
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(KitError, match="not found"):
         load(tmp_path / "nope.yaml")
