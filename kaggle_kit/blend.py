@@ -212,7 +212,10 @@ def _coefficients(model, members: list[Member], classes: list[str]) -> dict | No
                               {"coef": mdl.coef_[0], "intercept": float(mdl.intercept_[0])}
                               for c, (mdl, _) in zip(classes, model.models_, strict=True)},
                 "features": [f"{m.name}:logit" for m in members], "C": model.C}
+    # the classes the model predicts (rows of coef): a class with fold -1 images only is never
+    # in the OOF rows, so the model does not know it and its probability stays 0 (predict_proba)
     return {"coef": model.coef_, "intercept": model.intercept_, "C": model.C,
+            "classes": [classes[int(i)] for i in model.model_.classes_],
             "features": [f"{m.name}:log_{c}" for m in members for c in classes],
             "feature_mean": model.scaler_.mean_, "feature_scale": model.scaler_.scale_}
 
