@@ -226,7 +226,7 @@ def main() -> None:
 
 def run_patches(tree: Path, patches: list[dict]) -> None:
     for tests in dict.fromkeys(p["tests"] for p in patches):  # each test passes unpatched
-        verdict = run_tests(tree, tests.split(), 1800)
+        verdict = run_tests(tree, shlex.split(tests), 1800)
         if verdict != "survived":
             sys.exit(f"unpatched code: {tests}: {verdict}")
     for p in patches:
@@ -236,7 +236,7 @@ def run_patches(tree: Path, patches: list[dict]) -> None:
             print(f"{p['label']}: PATTERN MISSING in {p['file']}", flush=True)
             continue
         path.write_text(original.replace(p["old"], p["new"]))
-        verdict = run_tests(tree, p["tests"].split(), 1800)
+        verdict = run_tests(tree, shlex.split(p["tests"]), 1800)
         path.write_text(original)
         caught = "CAUGHT" if verdict in ("killed", "timeout") else "NOT CAUGHT"
         print(f"{caught:10s} {p['label']}  ({p['tests']}: {verdict})", flush=True)

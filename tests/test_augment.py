@@ -11,8 +11,8 @@ from kaggle_kit import KitError
 from kaggle_kit.augment import (
     TTA_VIEWS,
     batch_augment,
-    build_one,
     build_class_transforms,
+    build_one,
     build_transform,
     mix_batch,
     oversampled_indices,

@@ -37,6 +37,32 @@ def test_weighted_splits_evenly_between_equal_members():
     assert blended.shape == (2000, 5) and np.allclose(blended.sum(1), 1.0)
 
 
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_weighted_weights_minimise_the_blend_log_loss(task):
+    """The fitted weights are the log-loss optimum found by a grid over w (2 members of
+    different strength, so the optimum is inside (0, 1)); the loss is written out here."""
+    rng = np.random.default_rng(0)
+    if task == "multiclass":
+        y = _y(1500)
+        P = [member_probs(y, 5, 1.8, seed=5), member_probs(y, 5, 2.0, seed=6)]
+
+        def loss(w):
+            q = w * P[0][np.arange(len(y)), y] + (1 - w) * P[1][np.arange(len(y)), y]
+            return -np.log(q).mean()
+    else:
+        y = (rng.random((1500, 4)) < 0.3).astype(int)
+        P = [1 / (1 + np.exp(-(s * (2 * y - 1) + rng.normal(0, 1.5, y.shape)))) for s in (1.5, 2.0)]
+
+        def loss(w):
+            q = w * P[0] + (1 - w) * P[1]
+            return -(y * np.log(q) + (1 - y) * np.log(1 - q)).mean()
+    grid = np.linspace(0, 1, 401)
+    best = grid[np.argmin([loss(w) for w in grid])]
+    assert 0.05 < best < 0.95  # an interior optimum: the setup can tell a wrong gradient
+    w = WeightedBlender(metric="log_loss", task=task).fit(P, y).weights_
+    assert abs(w[0] - best) < 0.01 and loss(w[0]) <= loss(best) + 1e-6, (w, best)
+
+
 def test_stack_honest_score_is_below_in_sample_on_overfit_prone_data():
     y = _y(120)
     P = [member_probs(y, 5, 0.0, seed=s) for s in range(12)]  # 60 noise features, 120 rows

@@ -145,8 +145,11 @@ def test_ema_weights_follow_the_training_weights(loop) -> None:
     span = _dist(trained, init)
     assert span > 0.1
     assert 1e-4 * span < _dist(half, trained) < 0.5 * span  # moved with training, lagging it
-    assert _dist(slow, trained) > 1.5 * _dist(half, trained)  # the decay is used
-    assert _dist(slow, init) > 0.1 * span  # but even 0.999999 left the initial weights
+    # the decay is used, and its warmup (1 - (1 + step)^-2/3 up to the decay) lets even 0.999999
+    # follow the net over 8 steps. Measured: 0.14 span from the net, 0.88 from the initial
+    # weights (without the warmup: 0.79 and 0.33)
+    assert 1.5 * _dist(half, trained) < _dist(slow, trained) < 0.4 * span
+    assert _dist(slow, init) > 0.6 * span
     assert _max_diff(loop("base"), loop("ema_half", "train.ema=0.5")) > 1e-4  # predicts with it
 
 

@@ -21,6 +21,7 @@ from kaggle_kit.submit import (
     build_submission,
     read_ledger,
     show_ledger,
+    submission_spec,
     submit,
     validate_submission,
     write_submission,
@@ -258,3 +259,38 @@ def test_key_never_printed_by_failing_submit(kaggle_double, tiny_run, ws, setup,
     assert out.returncode == 1, out.stdout + out.stderr
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1
     assert TEST_KEY not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"columns": ["Id", "other"]}, r"submission columns \['Id', 'other'\] differ from the sample's"),
+    ({"id_col": "image"}, r"id column 'image' is not in the sample's columns"),
+    ({"kind": "votes"}, r"submission kind 'votes' unknown; choose one of"),
+    ({"kind": "prob_positive", "positive": "cat"}, r"prob_positive .* needs task binary"),
+])
+def test_submission_spec_refuses_a_format_the_sample_contradicts(tmp_path, edit, match):
+    """competition.json's "submission" is checked against sample_submission.csv, one line each."""
+    from tests.fx_targets import make_target_comp
+
+    comp = make_target_comp(tmp_path, "spec", classes=["bird", "cat", "dog"], kind="label")
+    spec = submission_spec(comp)
+    assert (spec["kind"], spec["id_col"], spec["prob_columns"]) == ("label", "id", {})
+    meta = comp.meta()
+    meta["submission"] = {**meta["submission"], **edit}
+    comp.write_meta(meta)
+    with pytest.raises(KitError, match=match) as e:
+        submission_spec(comp)
+    assert "\n" not in str(e.value) and "competition.json" in str(e.value)
+
+
+def test_submission_spec_of_a_fetch_without_the_key_infers_the_kind(tmp_path):
+    """Competitions fetched before "submission" existed: one column per class = prob, else label."""
+    from tests.fx_targets import make_target_comp
+
+    for kind, expected in (("prob", "prob"), ("label", "label")):
+        comp = make_target_comp(tmp_path, f"old_{kind}", classes=["bird", "cat"], kind=kind)
+        meta = comp.meta()
+        del meta["submission"]
+        comp.write_meta(meta)
+        spec = submission_spec(comp)
+        assert spec["kind"] == expected
+        assert spec["prob_columns"] == ({"bird": "bird", "cat": "cat"} if kind == "prob" else {})
