@@ -68,6 +68,14 @@ def read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
         raise KitError(f"{path}: not a readable CSV ({e}); refetch with --force") from e
 
 
+def _strip(df: pd.DataFrame) -> pd.DataFrame:
+    """The label CSV without spaces around names and values: `1000.jpg ` or `cat ` (a hand-edited
+    or spreadsheet-saved file) names the image `1000.jpg` and the class `cat`. The sample is not
+    stripped: its Ids are sent back to Kaggle exactly as shipped."""
+    df = df.rename(columns=lambda c: c.strip())
+    return df.apply(lambda col: col.str.strip())
+
+
 def _pick_sample(root: Path, csvs: list[str]) -> str:
     samples = [c for c in csvs if "sample" in Path(c).name.lower()]
     if len(samples) > 1:
@@ -94,7 +102,7 @@ def _detect_files(src: Path, csvs: list[str], sample: str, sub: pd.DataFrame,
             raise KitError(f"--group-col {hints['group_col']}: no label CSV holds it ({sample} "
                            "is the only CSV)")
     else:
-        df = read_csv(src / labels_csv)
+        df = _strip(read_csv(src / labels_csv))
         if len(df) == 0:
             raise KitError(f"{labels_csv}: no rows; refetch with --force (is this the right "
                            "competition?)")
