@@ -26,9 +26,6 @@ import time
 import zipfile
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-import pandas as pd
-
 from kaggle_kit import KitError
 from kaggle_kit.folds import write_folds
 from kaggle_kit.layout import JUNK, decode_all, detect_layout, image_sizes

@@ -18,8 +18,17 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from kaggle_kit import KitError
-from kaggle_kit.layout_find import (JUNK, IMAGE_EXTS, common_ext, has_ext,  # noqa: F401
-                                    image_dirs, labels_from_files, orphans, pick_dir, resolve)
+from kaggle_kit.layout_find import (  # noqa: F401
+    IMAGE_EXTS,
+    JUNK,
+    common_ext,
+    has_ext,
+    image_dirs,
+    labels_from_files,
+    orphans,
+    pick_dir,
+    resolve,
+)
 from kaggle_kit.layout_target import class_names, detect_target, read_labels
 
 HINTS = ("id_col", "label_col", "train_dir", "test_dir", "group_col", "metric", "positive")
