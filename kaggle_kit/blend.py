@@ -298,7 +298,7 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
                                                                   if r["method"] == method)
     out = _out_run(runs_dir, name or default_name(members, method), members)
     summary = write_blend(out, comp, members, scores, results, chosen, method)
-    from kaggle_kit.submit import build_submission, validate_submission, write_submission
+    from kaggle_kit.submission import build_submission, validate_submission, write_submission
 
     sub = build_submission(out, comp)
     validate_submission(sub, comp, str(out.test_path))
