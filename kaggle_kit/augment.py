@@ -10,12 +10,16 @@ from __future__ import annotations
 import difflib
 import inspect
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kaggle_kit import KitError
+
+if TYPE_CHECKING:  # annotations only: albumentations is imported lazily where it is used
+    import albumentations as A
 
 TTA_VIEWS = ("orig", "hflip", "vflip", "shift", "shift_dr", "shift_ul", "hflip_shift_dr",
              "hflip_shift_ul")

@@ -212,7 +212,10 @@ def _coefficients(model, members: list[Member], classes: list[str]) -> dict | No
                               {"coef": mdl.coef_[0], "intercept": float(mdl.intercept_[0])}
                               for c, (mdl, _) in zip(classes, model.models_, strict=True)},
                 "features": [f"{m.name}:logit" for m in members], "C": model.C}
+    # the classes the model predicts (rows of coef): a class with fold -1 images only is never
+    # in the OOF rows, so the model does not know it and its probability stays 0 (predict_proba)
     return {"coef": model.coef_, "intercept": model.intercept_, "C": model.C,
+            "classes": [classes[int(i)] for i in model.model_.classes_],
             "features": [f"{m.name}:log_{c}" for m in members for c in classes],
             "feature_mean": model.scaler_.mean_, "feature_scale": model.scaler_.scale_}
 
@@ -295,7 +298,7 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
                                                                   if r["method"] == method)
     out = _out_run(runs_dir, name or default_name(members, method), members)
     summary = write_blend(out, comp, members, scores, results, chosen, method)
-    from kaggle_kit.submit import build_submission, validate_submission, write_submission
+    from kaggle_kit.submission import build_submission, validate_submission, write_submission
 
     sub = build_submission(out, comp)
     validate_submission(sub, comp, str(out.test_path))

@@ -18,8 +18,17 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from kaggle_kit import KitError
-from kaggle_kit.layout_find import (JUNK, IMAGE_EXTS, common_ext, has_ext,  # noqa: F401
-                                    image_dirs, labels_from_files, orphans, pick_dir, resolve)
+from kaggle_kit.layout_find import (  # noqa: F401
+    IMAGE_EXTS,
+    JUNK,
+    common_ext,
+    has_ext,
+    image_dirs,
+    labels_from_files,
+    orphans,
+    pick_dir,
+    resolve,
+)
 from kaggle_kit.layout_target import class_names, detect_target, read_labels
 
 HINTS = ("id_col", "label_col", "train_dir", "test_dir", "group_col", "metric", "positive")
@@ -68,6 +77,14 @@ def read_csv(path: Path, nrows: int | None = None) -> pd.DataFrame:
         raise KitError(f"{path}: not a readable CSV ({e}); refetch with --force") from e
 
 
+def _strip(df: pd.DataFrame) -> pd.DataFrame:
+    """The label CSV without spaces around names and values: `1000.jpg ` or `cat ` (a hand-edited
+    or spreadsheet-saved file) names the image `1000.jpg` and the class `cat`. The sample is not
+    stripped: its Ids are sent back to Kaggle exactly as shipped."""
+    df = df.rename(columns=lambda c: c.strip())
+    return df.apply(lambda col: col.str.strip())
+
+
 def _pick_sample(root: Path, csvs: list[str]) -> str:
     samples = [c for c in csvs if "sample" in Path(c).name.lower()]
     if len(samples) > 1:
@@ -94,7 +111,7 @@ def _detect_files(src: Path, csvs: list[str], sample: str, sub: pd.DataFrame,
             raise KitError(f"--group-col {hints['group_col']}: no label CSV holds it ({sample} "
                            "is the only CSV)")
     else:
-        df = read_csv(src / labels_csv)
+        df = _strip(read_csv(src / labels_csv))
         if len(df) == 0:
             raise KitError(f"{labels_csv}: no rows; refetch with --force (is this the right "
                            "competition?)")

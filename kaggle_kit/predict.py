@@ -232,7 +232,7 @@ def submission(probs: pd.DataFrame, src: dict, comp: CompetitionDir | None,
     """submit.py's build_submission + validate_submission on `probs` (index Id, class columns).
     Images outside a fetched competition get one made for them: the run's competition.json and
     its sample's columns, with these Ids."""
-    from kaggle_kit.submit import build_submission, validate_submission
+    from kaggle_kit.submission import build_submission, validate_submission
 
     with tempfile.TemporaryDirectory(prefix="kit-predict-") as tmp:
         if comp is None:

@@ -157,31 +157,35 @@ def blender(node: dict):
         if any(v is None for v in c["per_class"].values()):
             raise KitError(f"{where}: a class of the stack model was constant in the OOF rows "
                            "(its rate is not saved); blend with a method other than stack")
-        model.models_ = [(_logistic(c["C"], [v["coef"]], [v["intercept"]], 2), 0.0)
+        model.models_ = [(_logistic(c["C"], [v["coef"]], [v["intercept"]], [0, 1]), 0.0)
                          for v in (c["per_class"][k] for k in node["classes"])]
         return model
     from sklearn.preprocessing import StandardScaler
 
-    coef = np.asarray(c["coef"], dtype=float)  # (C, m*C); (1, m*2) for two classes
-    if len(coef) != n_classes and not (len(coef) == 1 and n_classes == 2):
+    coef = np.asarray(c["coef"], dtype=float)  # (K, m*C); (1, m*C) for two known classes
+    # the K classes the model knows (blends before "classes" was saved: all of them); a class
+    # missing from the OOF rows (fold -1 images only) is not among them and gets probability 0
+    known = [node["classes"].index(k) for k in c.get("classes", node["classes"])]
+    if len(coef) != len(known) and not (len(coef) == 1 and len(known) == 2):
         raise KitError(f"{where}: the stack model knows {len(coef)} of {n_classes} classes; "
-                       "blend with a method other than stack")
+                       "blend the runs again")
     model.scaler_ = StandardScaler()
     model.scaler_.mean_ = np.asarray(c["feature_mean"], dtype=float)
     model.scaler_.scale_ = np.asarray(c["feature_scale"], dtype=float)
     model.scaler_.var_ = model.scaler_.scale_ ** 2
     model.scaler_.n_features_in_ = coef.shape[1]
-    model.model_ = _logistic(c["C"], coef, c["intercept"], n_classes)
+    model.model_ = _logistic(c["C"], coef, c["intercept"], known)
     return model
 
 
-def _logistic(C: float, coef, intercept, n_classes: int):
-    """A fitted sklearn LogisticRegression from saved coefficients (classes 0..n_classes-1)."""
+def _logistic(C: float, coef, intercept, classes: list[int]):
+    """A fitted sklearn LogisticRegression from saved coefficients predicting class indices
+    `classes` (columns of the blend's probabilities)."""
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression(C=C)
     model.coef_ = np.asarray(coef, dtype=float)
     model.intercept_ = np.asarray(intercept, dtype=float)
-    model.classes_ = np.arange(n_classes)
+    model.classes_ = np.asarray(classes)
     model.n_features_in_ = model.coef_.shape[1]
     return model

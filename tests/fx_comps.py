@@ -150,7 +150,7 @@ def cassava(folder: Path, per_class=4, n_test=3, label_map: dict | None = None) 
     rng = np.random.default_rng(RNG_SEED)
     ids = [f"{n}.jpg" for n in rng.choice(10**9, per_class * 5 + n_test, replace=False) + 10**9]
     labels = [i % 5 for i in range(per_class * 5)]
-    e = {f"train_images/{i}": _img(20 + 45 * y, (10, 8), "JPEG") for i, y in zip(ids, labels)}
+    e = {f"train_images/{i}": _img(20 + 45 * y, (10, 8), "JPEG") for i, y in zip(ids, labels, strict=False)}
     test = ids[per_class * 5:]
     e |= {f"test_images/{i}": _img(20 + 45 * (j % 5), (10, 8), "JPEG") for j, i in enumerate(test)}
     e["train.csv"] = _csv(pd.DataFrame({"image_id": ids[: per_class * 5], "label": labels}))
@@ -185,7 +185,7 @@ def imet(folder: Path, n_train=24, n_test=4) -> Path:
     keys = list(attrs)
     sets = [sorted({keys[i % 4], keys[(i // 4) % 4]}, key=int) for i in range(n_train)]
     ids = [_hex(rng, 16) for _ in range(n_train + n_test)]
-    e = {f"train/{i}.png": _img(20 + 50 * keys.index(s[0]), (8, 8)) for i, s in zip(ids, sets)}
+    e = {f"train/{i}.png": _img(20 + 50 * keys.index(s[0]), (8, 8)) for i, s in zip(ids, sets, strict=False)}
     e |= {f"test/{i}.png": _img(20 + 50 * j, (8, 8)) for j, i in enumerate(ids[n_train:])}
     e["train.csv"] = _csv(pd.DataFrame({"id": ids[:n_train], "attribute_ids": [" ".join(s) for s in sets]}))
     e["labels.csv"] = _csv(pd.DataFrame({"attribute_id": keys, "attribute_name": attrs.values()}))
@@ -201,7 +201,7 @@ def humpback(folder: Path, n_test=4) -> Path:
     whales = ["new_whale"] * 8 + ["w_23a388d"] * 4 + ["w_9b5109b"] * 4 + ["w_0369a5c", "w_9c506f6"]
     imgs = [f"{_hex(rng)}.jpg" for _ in range(len(whales) + n_test)]
     shade = {w: 30 + 50 * k for k, w in enumerate(dict.fromkeys(whales))}
-    e = {f"train/{f}": _img(shade[w], (8, 16), "JPEG") for f, w in zip(imgs, whales)}
+    e = {f"train/{f}": _img(shade[w], (8, 16), "JPEG") for f, w in zip(imgs, whales, strict=False)}
     e |= {f"test/{f}": _img(30 + 50 * j, (8, 16), "JPEG") for j, f in enumerate(imgs[len(whales):])}
     e["train.csv"] = _csv(pd.DataFrame({"Image": imgs[: len(whales)], "Id": whales}))
     e["sample_submission.csv"] = _csv(pd.DataFrame({
@@ -215,7 +215,7 @@ def histopathology(folder: Path, n_train=16, n_test=4, sample_value="0") -> Path
     rng = np.random.default_rng(RNG_SEED)
     ids = [_hex(rng, 40) for _ in range(n_train + n_test)]
     y = np.arange(n_train) % 2
-    e = {f"train/{i}.tif": _img(60 + 120 * t, (8, 8), "TIFF") for i, t in zip(ids, y)}
+    e = {f"train/{i}.tif": _img(60 + 120 * t, (8, 8), "TIFF") for i, t in zip(ids, y, strict=False)}
     e |= {f"test/{i}.tif": _img(60 + 120 * (j % 2), (8, 8), "TIFF") for j, i in enumerate(ids[n_train:])}
     e["train_labels.csv"] = _csv(pd.DataFrame({"id": ids[:n_train], "label": y}))
     e["sample_submission.csv"] = _csv(pd.DataFrame({"id": ids[n_train:], "label": sample_value}))

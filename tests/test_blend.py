@@ -9,7 +9,7 @@ import pytest
 from kaggle_kit import KitError
 from kaggle_kit.blend import blend
 from kaggle_kit.blenders import GreedyBlender, MeanBlender, StackBlender, WeightedBlender, evaluate
-from kaggle_kit.submit import validate_submission
+from kaggle_kit.submission import validate_submission
 from kaggle_kit.workspace import RunDir, write_csv
 from tests.fx_blend import make_comp, make_run, member_probs, write_json_key
 
@@ -229,3 +229,28 @@ def test_kit_blend_cli_prints_the_leaderboard_and_one_line_errors(tmp_path):
     _corrupt("ids", b, tmp_path)
     res = CliRunner().invoke(app, ["blend", str(a.root), str(b.root), *opts])
     assert res.exit_code == 1 and "other Ids" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("known", [[0, 2, 3], [1, 4]])
+def test_stack_of_a_class_never_in_oof_is_rebuilt_as_fitted(tmp_path, known):
+    """humpback: a class whose images all have fold -1 is never in the OOF rows, so the stack
+    model knows only some classes (here 3, or 2: one binary coefficient row). kit predict rebuilds
+    the model from summary.json (runtree.blender) and must give the blend's own probabilities;
+    it refused ("knows 3 of 5 classes") a blend that kit blend had kept and kit submit accepted."""
+    from types import SimpleNamespace
+
+    from kaggle_kit.blend import _coefficients
+    from kaggle_kit.runtree import blender
+    from kaggle_kit.workspace import read_json, write_json
+
+    classes, rng = ["a", "b", "c", "d", "e"], np.random.default_rng(0)
+    y = rng.choice(known, size=60)
+    P = [member_probs(y, 5, signal=2.0, seed=s) for s in (1, 2)]
+    model = StackBlender().fit(P, y)
+    members = [SimpleNamespace(name=n) for n in ("m1", "m2")]
+    write_json(tmp_path / "summary.json", {"coefficients": _coefficients(model, members, classes),
+                                           "members": [{"run": "m1"}, {"run": "m2"}]})
+    node = {"summary": read_json(tmp_path / "summary.json"), "classes": classes,
+            "task": "multiclass", "root": tmp_path}
+    Q = [member_probs(rng.choice(5, size=7), 5, signal=1.0, seed=s) for s in (3, 4)]
+    np.testing.assert_allclose(blender(node).predict_proba(Q), model.predict_proba(Q), atol=1e-9)

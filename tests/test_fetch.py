@@ -17,8 +17,9 @@ from PIL import Image
 
 from kaggle_kit import KitError
 from kaggle_kit.demo_data import CLASSES, build_demo_zip, demo_solution
-from kaggle_kit.fetch import fetch, safe_unzip
+from kaggle_kit.fetch import fetch
 from kaggle_kit.images import load_cache
+from kaggle_kit.unzip import safe_unzip
 from kaggle_kit.workspace import CompetitionDir, sha256_file
 from tests.conftest import requires_shared
 

@@ -248,3 +248,36 @@ def test_fetch_train_submit_dry_run(tmp_path, monkeypatch, slug):
         if "k" in comp.meta()["submission"]:
             assert sets.map(len).eq(comp.meta()["submission"]["k"]).all()
     assert json.loads(comp.meta_path.read_text())["metric"] == comp.meta()["metric"]
+
+
+def _rewrite_csvs(src: Path, dst: Path, fn) -> Path:
+    """A copy of zip `src` with every CSV's bytes passed through fn(name, bytes)."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for n in zin.namelist():
+            data = zin.read(n)
+            zout.writestr(n, fn(n, data) if n.endswith(".csv") else data)
+    return dst
+
+
+def _spaced(name: str, data: bytes) -> bytes:
+    """train.csv as a spreadsheet might save it: `image_id, label` and `1000.jpg , 3 `."""
+    if not name.endswith("train.csv"):
+        return data
+    return b"\n".join(b" , ".join(v.strip() + b" " for v in line.split(b","))
+                      for line in data.splitlines()) + b"\n"
+
+
+@pytest.mark.parametrize("edit", [
+    lambda n, d: b"\xef\xbb\xbf" + d.replace(b"\n", b"\r\n"),  # BOM + CRLF, every CSV
+    _spaced,  # spaces around the label CSV's names and values
+], ids=["bom-crlf", "spaces"])
+def test_label_csv_with_bom_crlf_or_spaces_reads_as_shipped_clean(tmp_path, edit):
+    """The same competition as clean CSVs: same Ids, labels and classes; no '1000.jpg ' Id that
+    names no image (it was "cannot tell the train image folder"), no class '3 '."""
+    clean = _fetch(tmp_path / "a", fx_comps.cassava, "cassava-leaf-disease-classification")
+    zip_path = _rewrite_csvs(fx_comps.cassava(tmp_path / "z"), tmp_path / "edited.zip", edit)
+    fetch("c2", data_dir=tmp_path / "data", source=zip_path, n_folds=2)
+    comp = CompetitionDir.open(tmp_path / "data", "c2")
+    assert comp.classes == clean.classes == ["0", "1", "2", "3", "4"]
+    pd.testing.assert_frame_equal(comp.labels(), clean.labels())
+    assert comp.test_ids() == clean.test_ids() and comp.meta()["id_col"] == "image_id"

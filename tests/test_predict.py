@@ -103,7 +103,7 @@ def test_predict_on_the_runs_test_split_reproduces_test_csv(ws, tmp_path, name):
                *_dirs(ws))
     assert "40 images predicted" in out
     _assert_same_probs(tmp_path / "p.csv", run)
-    from kaggle_kit.submit import build_submission  # what `kit submit RUN` would upload
+    from kaggle_kit.submission import build_submission  # what `kit submit RUN` would upload
 
     want = build_submission(RunDir(run), CompetitionDir(ws / "data" / COMP))
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "sub.csv", dtype=str), want.astype(str))

@@ -16,16 +16,13 @@ from typer.testing import CliRunner
 
 from kaggle_kit import KitError
 from kaggle_kit.cli import app
-from kaggle_kit.submit import (
-    LEDGER_COLUMNS,
+from kaggle_kit.submission import (
     build_submission,
-    read_ledger,
-    show_ledger,
     submission_spec,
-    submit,
     validate_submission,
     write_submission,
 )
+from kaggle_kit.submit import LEDGER_COLUMNS, read_ledger, show_ledger, submit
 from kaggle_kit.workspace import sha256_file
 from tests.conftest import REPO
 from tests.fx_kaggle import (
