@@ -1,4 +1,4 @@
-"""folds.csv (Id,label,fold), made once per competition and seed (DESIGN.md sec. 1).
+"""folds.csv (Id,label,fold), made once per competition and seed (docs/design.md sec. 1).
 
 Single-label: StratifiedKFold on the label, or StratifiedGroupKFold with the group column that
 `kit fetch --group-col` named (state-farm's driver), so no group is split between training and

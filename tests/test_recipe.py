@@ -90,6 +90,15 @@ def test_dump_round_trips(tmp_path: Path) -> None:
     assert load(p) == rec
 
 
+def test_a_minimal_recipe_round_trips_with_every_default(tmp_path: Path) -> None:
+    """Every default is itself valid: a run's recipe.yaml (all defaults written out) loads back."""
+    p = tmp_path / "minimal.yaml"
+    p.write_text("competition: demo\nmodel: {name: kit_resnet9_s}\ntrain: {epochs: 1, lr: 0.1}\n")
+    rec = load(p)
+    p.write_text(dump(rec))
+    assert load(p) == rec
+
+
 def test_missing_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(KitError, match="not found"):
         load(tmp_path / "nope.yaml")
@@ -125,3 +134,61 @@ def test_validation_does_not_import_torch() -> None:
     code = ("import sys; from kaggle_kit.recipe import load; "
             f"load({str(RECIPES / 'resnet_fast.yaml')!r}); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# The documented range of every bounded key: (key, lowest valid, just below it, highest valid,
+# just above it); None = no bound on that side. Written out (not read from the schema) so that a
+# changed bound shows.
+BOUNDS = [
+    ("data.image_size", 8, 7, None, None), ("data.limit", 1, 0, None, None),
+    ("model.drop_rate", 0.0, -0.01, 0.99, 1.0), ("model.drop_path_rate", 0.0, -0.01, 0.99, 1.0),
+    ("train.epochs", 1, 0, None, None), ("train.batch_size", 1, 0, None, None),
+    ("train.lr", 1e-9, 0.0, None, None), ("train.momentum", 0.0, -0.01, 0.99, 1.0),
+    ("train.warmup_epochs", 0.0, -0.01, None, None), ("train.step_epochs", 1, 0, None, None),
+    ("train.step_gamma", 0.01, 0.0, 1.0, 1.01), ("train.weight_decay", 0.0, -0.01, None, None),
+    ("train.layer_decay", 0.01, 0.0, 1.0, 1.01), ("train.label_smoothing", 0.0, -0.01, 0.99, 1.0),
+    ("train.mixup", 0.0, -0.01, None, None), ("train.cutmix", 0.0, -0.01, None, None),
+    ("train.mix_prob", 0.0, -0.01, 1.0, 1.01), ("train.ema", 0.01, 0.0, 0.999, 1.0),
+    ("train.grad_accum", 1, 0, None, None), ("train.max_minutes", 0.01, 0.0, None, None),
+    ("train.num_workers", 0, -1, None, None), ("train.threads", 1, 0, None, None),
+    ("augment.pad_crop", 0, -1, None, None),
+]
+CHOICES = {
+    "data.resize": ["decode", "device"], "data.fit": ["stretch", "crop"],
+    "data.load": ["auto", "device", "stream"], "data.normalize": ["dataset", "model"],
+    "train.optimizer": ["sgd", "adamw"], "train.schedule": ["onecycle", "cosine", "step", "constant"],
+    "train.mixed_precision": ["auto", "no", "fp16", "bf16"], "train.checkpoint": ["last", "best"],
+    "train.log_with": ["tensorboard", "wandb", "mlflow"],
+}
+
+
+@pytest.mark.parametrize("key, low, below, high, above", BOUNDS, ids=[b[0] for b in BOUNDS])
+def test_bounds_of_each_key(key, low, below, high, above):
+    demo = RECIPES / "demo.yaml"
+    for value in (low, high):
+        if value is not None:
+            assert load(demo, [f"{key}={value}"])  # the edge itself is valid
+    for value in (below, above):
+        if value is not None:
+            with pytest.raises(KitError, match=key.split(".")[-1]):
+                load(demo, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", CHOICES)
+def test_choices_of_each_key(key):
+    for value in CHOICES[key]:
+        rec = load(RECIPES / "demo.yaml", [f"{key}={value}"])
+        section, name = key.split(".")
+        assert getattr(getattr(rec, section), name) == value  # "no": YAML false, read back
+    with pytest.raises(KitError, match=key.split(".")[-1]):
+        load(RECIPES / "demo.yaml", [f"{key}=nonsense"])
+
+
+def test_targeted_bounds():
+    demo = RECIPES / "demo.yaml"
+    ok = load(demo, ["augment.targeted.classes=[three]", "augment.targeted.factor=1"])
+    assert ok.augment.targeted.factor == 1
+    for bad in (["augment.targeted.classes=[three]", "augment.targeted.factor=0.99"],
+                ["augment.targeted.auto=0", "augment.targeted.from_run=r"]):
+        with pytest.raises(KitError):
+            load(demo, bad)
