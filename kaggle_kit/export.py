@@ -28,7 +28,7 @@ from pathlib import Path
 
 from kaggle_kit import KitError, __version__
 from kaggle_kit.runtree import EXPORT_FORMAT, open_source
-from kaggle_kit.workspace import sha256_file, write_json, write_text
+from kaggle_kit.workspace import read_json, sha256_file, write_json, write_text
 
 README = """# {run}: a kit export ({kind} run of `{comp}`, kit {version})
 
@@ -63,6 +63,9 @@ def export(run: Path, out: Path | None = None, *, data_dir: Path = Path("data"),
     out = Path(out) if out is not None else Path("exports") / tree["name"]
     if out.exists() and not (out / "manifest.json").is_file():
         raise KitError(f"{out}: exists and is not a kit export; choose another --out")
+    if out.exists() and (extra := _foreign_files(out)):
+        raise KitError(f"{out}: an earlier export, but {extra[0]} (+{len(extra) - 1} more) is not "
+                       "one of its files; move them away or choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
@@ -90,6 +93,14 @@ def export(run: Path, out: Path | None = None, *, data_dir: Path = Path("data"),
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {"out": out, "files": len(files) + 1, "bytes": size, "wheel": out / "wheels" / wheel,
             "seconds": round(time.time() - t0, 1)}
+
+
+def _foreign_files(out: Path) -> list[str]:
+    """Files under an earlier export `out` that its manifest.json does not list (a user's notes,
+    a second run copied in): replacing the export would delete them."""
+    listed = set(read_json(out / "manifest.json").get("files") or {}) | {"manifest.json"}
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                  if p.is_file() and p.relative_to(out).as_posix() not in listed)
 
 
 def _write_tree(tree: dict, dest: Path, done: dict) -> str:

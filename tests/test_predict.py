@@ -251,3 +251,21 @@ def test_export_installs_and_predicts_in_a_fresh_offline_venv(ws, tmp_path):
     where = subprocess.run([py, "-c", "import kaggle_kit; print(kaggle_kit.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True).stdout
     assert where.startswith(str(venv)), where  # the wheel's kit ran, not the editable one
+
+
+def test_export_never_deletes_a_users_file(ws, tmp_path):
+    """--out onto a file, a user's folder, or an earlier export holding a file kit did not write:
+    refused in one line, the file intact; an untouched earlier export is replaced."""
+    ex = tmp_path / "ex"
+    _kit("export", ws / "runs" / "a", "--out", ex, *_dirs(ws))
+    (ex / "notes.txt").write_text("mine")
+    line = _one_line_error(_kit("export", ws / "runs" / "a", "--out", ex, *_dirs(ws), code=1))
+    assert "notes.txt" in line and (ex / "notes.txt").read_text() == "mine"
+    (ex / "notes.txt").unlink()
+    _kit("export", ws / "runs" / "a", "--out", ex, *_dirs(ws))  # a plain earlier export: replaced
+    (tmp_path / "f").write_text("mine")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("mine")
+    for out in (tmp_path / "f", tmp_path / "d"):
+        _one_line_error(_kit("export", ws / "runs" / "a", "--out", out, *_dirs(ws), code=1))
+    assert (tmp_path / "f").read_text() == (tmp_path / "d" / "x").read_text() == "mine"
