@@ -122,7 +122,9 @@ def _coverage(model: nn.Module, shapes: dict, cfg) -> tuple[list[str], list[str]
     """(loaded keys, trunk keys, missing trunk keys) of model.state_dict() against a file's
     {key: shape}: a key loads when the file has it with the same shape."""
     heads = tuple(k.removesuffix(".weight") for k in _classifier_keys(cfg))
-    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    # BatchNorm's step counters are bookkeeping, not weights: many weight files leave them out
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()
+           if not k.endswith("num_batches_tracked")}
     loaded = [k for k, shape in own.items() if shapes.get(k) == shape]
     trunk = [k for k in own if not (heads and k.startswith(heads))]
     return loaded, trunk, [k for k in trunk if shapes.get(k) != own[k]]
@@ -144,7 +146,7 @@ def load_report(model: nn.Module, pretrained_file: str | Path) -> str:
     path = Path(pretrained_file).expanduser()
     name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
     loaded, trunk, missing = _coverage(model, _file_shapes(path), timm.models.get_pretrained_cfg(name))
-    total = len(model.state_dict())
+    total = sum(not k.endswith("num_batches_tracked") for k in model.state_dict())
     line = f"model.pretrained_file: loaded {len(loaded)} of {total} tensors of {name} from {path.name}"
     new_head = total - len(loaded) - len(missing)
     if new_head:
