@@ -262,11 +262,14 @@ def test_double_daily_limit_with_retry_after(kaggle_double, tmp_path):
 def test_double_as_proxy_when_port_80_is_taken(kaggle_double, kaggle_files, monkeypatch):
     """The fallback used where port 80 is busy or needs root (a GitHub runner): a second double
     on a free port, reached through HTTP_PROXY with the client's URLs unchanged."""
-    second = KaggleDouble(kaggle_files, username=TEST_USER, key=TEST_KEY)
-    second.start(wait_s=0, fallback=True)
+    with socket.socket() as busy:  # a port surely taken: port 80 may free up mid-run on a shared
+        busy.bind(("127.0.0.1", 0))  # machine (seen: the second double got it, proxy None)
+        busy.listen()
+        second = KaggleDouble(kaggle_files, username=TEST_USER, key=TEST_KEY,
+                              port=busy.getsockname()[1])
+        second.start(wait_s=0, fallback=True)
     try:
-        if kaggle_double.proxy is None:  # the first one holds port 80
-            assert second.proxy is not None
+        assert second.proxy is not None
         monkeypatch.setenv("HTTP_PROXY", second.proxy)
         monkeypatch.setenv("http_proxy", second.proxy)
         assert kaggle_io.list_submissions("tiny") == []
