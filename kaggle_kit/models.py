@@ -3,14 +3,7 @@
 After `import kaggle_kit.models`, `timm.create_model("kit_resnet9", num_classes=15)` works and
 `timm.list_models("kit_*")` lists our nets, so the recipe's `model.name` takes any timm name or ours.
 
-- nets.py: `kit_resnet9`: the recommended fast 32x32 net (ResNet-9 / airbench style: conv -> maxpool -> BN ->
-  GELU groups with residual blocks, global max pool, scaled linear head): 190 MFLOPs/image forward
-  (2 x multiply-adds) at 32x32, 1.65 M params. `kit_resnet9_s`: half width, 48 MFLOPs.
-- `kit_vgg16` / `kit_vgg19`: timm's VGG trunk and ImageNet weights with a pooled linear head for
-  small images (timm's own VGG also runs at >= 32x32, but its head is a 7x7 conv over a tiled map).
-- `kit_baseline_cnn`: the student report's best model: four Conv-BN-ELU x2 blocks (32..256 channels)
-  with maxpool and growing dropout 0.2/0.3/0.4/0.5, flatten of a 4x4 map -> linear; made for 64x64
-  (422 MFLOPs/image there, 106 at 32x32).
+Our nets (kit_resnet9 / _s, kit_vgg16 / 19, kit_baseline_cnn) and what each is for: nets.py.
 
 This module never imports cli/recipe/kaggle_io: it takes flat arguments.
 """
