@@ -228,15 +228,16 @@ def show_ledger(submissions_dir: Path, refresh: bool = False) -> str:
         "metric": df["metric"].replace("", "?"), "cv": df["cv"], "holdout": df["estimate"],
         "public": df["public_score"], "lb-cv": gap(lb - cv), "lb-holdout": gap(lb - ho),
         "status": df["status"], "id": df["submission_id"], "message": df["message"].str[:40],
-        "error": df["error"].str[:60],
-        # what the cv column is a score of; rows from before kit recorded it say so
-        "cv is": df["cv_is"].where((df["cv_is"] != "") | (df["cv"] == ""), "(not recorded)")})
+        "error": df["error"].str[:60]})
     if not table["error"].str.len().any():
         table = table.drop(columns="error")
-    return table.to_string(index=False) + note + _estimate_notes(df)
+    return table.to_string(index=False) + note + _run_notes(df)
 
 
-def _estimate_notes(df: pd.DataFrame) -> str:
-    """Below the table: each shown run's holdout estimate and how it was obtained (newest first)."""
-    seen = df.loc[df["estimate_is"] != "", ["run", "estimate_is"]].drop_duplicates()
-    return "".join(f"\n{r.run}: {r.estimate_is}" for r in seen.itertuples())
+def _run_notes(df: pd.DataFrame) -> str:
+    """Below the table (a sentence each would make it too wide to read): what each shown run's cv
+    is a score of (rows from before kit recorded it say so), and its holdout estimate."""
+    cv_is = df["cv_is"].where((df["cv_is"] != "") | (df["cv"] == ""), "(not recorded)")
+    lines = [f"{run}: cv is {what}" for run, what in zip(df["run"], cv_is, strict=True) if what]
+    lines += [f"{r.run}: {r.estimate_is}" for r in df.itertuples() if r.estimate_is]
+    return "".join(f"\n{line}" for line in dict.fromkeys(lines))  # once each, newest first

@@ -129,6 +129,9 @@ def test_submit_and_ledger_show_the_estimate_of_the_same_recipe(kaggle_double, t
     assert "holdout" in table and "lb-holdout" in table
     assert "-0.0317" in table  # public 0.83333 (5 of 6) - holdout 0.865
     assert "r: holdout estimate 0.8650 (fold 3 held out" in table
+    # the CV's description sits under the table, once per run, not as a (very wide) column
+    assert table.count("r: cv is one fold model; test.csv = fold + refit: expect higher") == 1
+    assert "cv is" not in table.splitlines()[0]
 
 
 def test_no_estimate_is_invented_for_another_recipe(kaggle_double, tiny_comp, tmp_path):
