@@ -147,7 +147,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         model = torch.compile(model)
     start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
     eval_net = ema.module if ema is not None else net  # the weights evaluated and saved ...
-    fwd = ema.module if ema is not None else (model if tr.compile else net)  # ... run through
+    fwd = model if tr.compile and ema is None else eval_net  # ... run through
     crit = targets.criterion(ctx.task, tr.label_smoothing)
     budget_s = tr.max_minutes * 60 / max(1, ctx.timings.get("n_models", 1)) if tr.max_minutes else None
     task = ctx.progress.add_task(name, total=tr.epochs, completed=start)
