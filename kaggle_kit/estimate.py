@@ -50,7 +50,7 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     run_name = check_run_name(f"{name or Path(recipe_path).stem}-ho{k}")
     src = Path(data_dir) / f"_{sub}_src"
     held = folds[folds["fold"] == k]
-    _write_source(comp, meta, folds, k, src)
+    write_holdout_source(comp, meta, folds, k, src)
     n_folds = int(folds["fold"].max()) + 1
     try:
         _fetch_sub(sub, src, meta, data_dir, n_folds)
@@ -74,8 +74,9 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     return result
 
 
-def _write_source(comp: CompetitionDir, meta: dict, folds: pd.DataFrame, k: int, src: Path) -> None:
-    """A Kaggle-layout folder: train/ + test/ (hard links to the competition's train images),
+def write_holdout_source(comp: CompetitionDir, meta: dict, folds: pd.DataFrame, k: int,
+                         src: Path) -> None:
+    """A Kaggle-layout folder (also benchmarks/refit_vs_bag.py's held-out competition): train/ + test/ (hard links to the competition's train images),
     train.csv (the other folds' labels), sample_submission.csv (held-out Ids, the sample's columns)."""
     if src.exists():
         if not (src / MARKER).exists():
