@@ -15,7 +15,6 @@ where links are impossible), never moved or changed.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from pathlib import Path
@@ -115,18 +114,12 @@ def _link(a: Path, b: Path) -> None:
 
 
 def _fetch_sub(sub: str, src: Path, meta: dict, data_dir, n_folds: int) -> None:
-    """`kit fetch <sub> --from src --force`, telling it the parent's metric/positive class where
-    fetch takes them (the sub-competition must be scored the way the competition is)."""
+    """`kit fetch <sub> --from src --force` with the parent's metric and positive class (the
+    sub-competition must be scored the way the competition is)."""
     from kaggle_kit.fetch import fetch
 
-    kwargs = {"data_dir": Path(data_dir), "source": src, "force": True, "n_folds": n_folds}
-    params = inspect.signature(fetch).parameters
-    if "metric" in params and meta.get("metric"):
-        kwargs["metric"] = meta["metric"]
-    positive = (meta.get("submission") or {}).get("positive")
-    if "positive" in params and positive is not None:
-        kwargs["positive"] = positive
-    fetch(sub, **kwargs)
+    fetch(sub, data_dir=Path(data_dir), source=src, force=True, n_folds=n_folds,
+          metric=meta.get("metric"), positive=(meta.get("submission") or {}).get("positive"))
 
 
 def _score(run: RunDir, held: pd.DataFrame, meta: dict, task: str, metric: str) -> dict:
