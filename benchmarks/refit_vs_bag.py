@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,25 +33,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_holdout(data_dir: Path, comp: str, fold: int, out: Path) -> pd.Series:
-    """Write a Kaggle-layout folder with fold `fold` as the test set; return its labels by Id."""
+    """Write a Kaggle-layout folder with fold `fold` as the test set (the one `kit estimate`
+    writes); return its labels by Id."""
+    from kaggle_kit.estimate import write_holdout_source
     from kaggle_kit.workspace import CompetitionDir
 
     src = CompetitionDir.open(data_dir, comp)
-    folds = pd.read_csv(src.folds_path)
-    test = folds[folds["fold"] == fold]
-    train = folds[folds["fold"] != fold]
-    if out.exists():
-        shutil.rmtree(out)
-    for split, rows in (("train_images", train), ("test_images", test)):
-        (out / split).mkdir(parents=True)
-        for i in rows["Id"]:
-            p = Path(src.image_path("train", i))
-            shutil.copyfile(p, out / split / f"{i}{p.suffix}")
-    train.rename(columns={"label": "Category"})[["Id", "Category"]].to_csv(
-        out / "train.csv", index=False)
-    sample = test[["Id"]].assign(Category=train["label"].iloc[0])
-    sample.to_csv(out / "sample_submission.csv", index=False)
-    return test.set_index("Id")["label"]
+    folds = src.folds()
+    write_holdout_source(src, src.meta(), folds, fold, out)
+    return folds[folds["fold"] == fold].set_index("Id")["label"]
 
 
 def kit(*args: str) -> None:

@@ -221,15 +221,15 @@ def _coefficients(model, members: list[Member], classes: list[str]) -> dict | No
 
 
 def write_blend(out: RunDir, comp: CompetitionDir, members: list[Member], scores: list[dict],
-                results: list[dict], chosen: dict, requested: str) -> dict:
-    """Write oof.csv (honest), test.csv, summary.json, provenance.json, confusion.png of a blend."""
+                results: list[dict], chosen: dict, requested: str, labels: pd.Series, task: str,
+                metric: str) -> dict:
+    """Write oof.csv (honest), test.csv, summary.json, provenance.json, confusion.png of a blend.
+    labels: folds.csv's label by Id; task, metric: the competition's (as _blend read them)."""
     classes, ref = comp.classes, members[0]
-    task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
     oof = pd.DataFrame(chosen["oof"], index=ref.oof.index, columns=classes)
     oof.insert(0, "fold", ref.oof["fold"].astype(int))
     out.write_oof(oof, classes)
     out.write_test(pd.DataFrame(chosen["test"], index=ref.test.index, columns=classes), classes)
-    labels = comp.folds().set_index("Id")["label"]
     summary = {
         "run": out.name, "kind": "blend", "competition": comp.name, "classes": classes,
         "task": task, "metric": metric, **metrics.oof_scores(oof, labels, classes, metric, task),
@@ -297,7 +297,7 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
     chosen = _pick(results, metric) if method == "best" else next(r for r in results
                                                                   if r["method"] == method)
     out = _out_run(runs_dir, name or default_name(members, method), members)
-    summary = write_blend(out, comp, members, scores, results, chosen, method)
+    summary = write_blend(out, comp, members, scores, results, chosen, method, labels, task, metric)
     from kaggle_kit.submission import build_submission, validate_submission, write_submission
 
     sub = build_submission(out, comp)

@@ -95,7 +95,7 @@ def build_cache(comp: CompetitionDir, split: str, size: tuple[int, int] | None =
                 "bytes": arr_path.stat().st_size, "decode_s": 0.0, "built": False, "problem": None}
     if problem != "missing" and say:
         say(f"{arr_path}: {problem}; rebuilding it")
-    paths = [comp.image_path(split, i) for i in ids]
+    paths = comp.image_paths(split)  # same order as ids: both follow the split's index
     t0 = time.perf_counter()
     _build(arr_path, ids_path, ids, paths, size, fit, progress, say, workers or decode_workers())
     rec = _record(arr_path)

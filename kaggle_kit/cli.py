@@ -28,6 +28,8 @@ app = typer.Typer(
 DataDir = Annotated[Path, typer.Option("--data-dir", metavar="DIR", help="Where competitions live.")]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", metavar="DIR", help="Where runs live.")]
 SubsDir = Annotated[Path, typer.Option("--submissions-dir", metavar="DIR", help="Submissions + ledger.csv.")]
+RecipeArg = Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/resnet_fast.yaml.")]
+Overrides = Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides: train.epochs=2 model.name=resnet18")]
 
 
 def kit_errors(fn):
@@ -99,8 +101,8 @@ def fetch(
 @app.command()
 @kit_errors
 def train(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/resnet_fast.yaml.")],
-    overrides: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides: train.epochs=2 model.name=resnet18")] = None,
+    recipe: RecipeArg,
+    overrides: Overrides = None,
     name: Annotated[str | None, typer.Option("--name", metavar="RUN", help="Run name (default: recipe file stem).")] = None,
     runs_dir: RunsDir = Path("runs"),
     data_dir: DataDir = Path("data"),
@@ -121,8 +123,8 @@ def train(
 @app.command()
 @kit_errors
 def estimate(
-    recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML, e.g. recipes/effnet_lite0.yaml.")],
-    overrides: Annotated[list[str] | None, typer.Argument(metavar="KEY=VALUE", help="Dotted overrides, as for kit train.")] = None,
+    recipe: RecipeArg,
+    overrides: Overrides = None,
     holdout_fold: Annotated[int | None, typer.Option("--holdout-fold", metavar="K", help="Fold held out as the test set (default: the last).")] = None,
     name: Annotated[str | None, typer.Option("--name", metavar="RUN", help="Run name; the estimate run is <RUN>-ho<K>.")] = None,
     runs_dir: RunsDir = Path("runs"),

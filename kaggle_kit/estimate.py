@@ -15,7 +15,6 @@ where links are impossible), never moved or changed.
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from pathlib import Path
@@ -51,7 +50,7 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     run_name = check_run_name(f"{name or Path(recipe_path).stem}-ho{k}")
     src = Path(data_dir) / f"_{sub}_src"
     held = folds[folds["fold"] == k]
-    _write_source(comp, meta, folds, k, src)
+    write_holdout_source(comp, meta, folds, k, src)
     n_folds = int(folds["fold"].max()) + 1
     try:
         _fetch_sub(sub, src, meta, data_dir, n_folds)
@@ -75,8 +74,9 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     return result
 
 
-def _write_source(comp: CompetitionDir, meta: dict, folds: pd.DataFrame, k: int, src: Path) -> None:
-    """A Kaggle-layout folder: train/ + test/ (hard links to the competition's train images),
+def write_holdout_source(comp: CompetitionDir, meta: dict, folds: pd.DataFrame, k: int,
+                         src: Path) -> None:
+    """A Kaggle-layout folder (also benchmarks/refit_vs_bag.py's held-out competition): train/ + test/ (hard links to the competition's train images),
     train.csv (the other folds' labels), sample_submission.csv (held-out Ids, the sample's columns)."""
     if src.exists():
         if not (src / MARKER).exists():
@@ -115,18 +115,12 @@ def _link(a: Path, b: Path) -> None:
 
 
 def _fetch_sub(sub: str, src: Path, meta: dict, data_dir, n_folds: int) -> None:
-    """`kit fetch <sub> --from src --force`, telling it the parent's metric/positive class where
-    fetch takes them (the sub-competition must be scored the way the competition is)."""
+    """`kit fetch <sub> --from src --force` with the parent's metric and positive class (the
+    sub-competition must be scored the way the competition is)."""
     from kaggle_kit.fetch import fetch
 
-    kwargs = {"data_dir": Path(data_dir), "source": src, "force": True, "n_folds": n_folds}
-    params = inspect.signature(fetch).parameters
-    if "metric" in params and meta.get("metric"):
-        kwargs["metric"] = meta["metric"]
-    positive = (meta.get("submission") or {}).get("positive")
-    if "positive" in params and positive is not None:
-        kwargs["positive"] = positive
-    fetch(sub, **kwargs)
+    fetch(sub, data_dir=Path(data_dir), source=src, force=True, n_folds=n_folds,
+          metric=meta.get("metric"), positive=(meta.get("submission") or {}).get("positive"))
 
 
 def _score(run: RunDir, held: pd.DataFrame, meta: dict, task: str, metric: str) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kaggle_kit import KitError, metrics
+from kaggle_kit import KitError, blenders, metrics
 from kaggle_kit.metrics import confusion
 from kaggle_kit.plots import run_competition
 from kaggle_kit.workspace import CompetitionDir, RunDir
@@ -42,8 +42,7 @@ def load_run(path: Path, data_dir: Path | None) -> tuple[RunDir, CompetitionDir,
 def headline(name: str, y: np.ndarray, p: np.ndarray, task: str, metric: str,
              classes: list[str]) -> str:
     """`<run>: OOF <metric> x (accuracy a, log loss l) on n images`."""
-    vals = {m: metrics.score(m, y, p, task, classes)
-            for m in dict.fromkeys([metric, "accuracy", "log_loss"])}
+    vals = blenders.scores(metric, y, p, task, classes)
     rest = ", ".join(f"{m.replace('_', ' ')} {v:.4f}" for m, v in vals.items() if m != metric)
     return f"{name}: OOF {metric} {vals[metric]:.4f}" + (f" ({rest})" if rest else "") + \
         f" on {len(y)} images"

@@ -283,7 +283,11 @@ class CompetitionDir:
         return self.image_root / hit[1][image_id]
 
     def image_paths(self, split: str) -> list[Path]:
-        """Paths of a split's images, in the split's Id order (see `index_path`)."""
+        """Paths of a split's images, in the split's Id order (see `index_path`): one index read,
+        not one `image_path` lookup per Id (~8x faster: each does three meta() stats)."""
+        if "index" not in self.meta():  # hand-written competition.json (tests): no index file
+            ids = self.labels()["Id"] if split == "train" else self.test_ids()
+            return [self.image_path(split, i) for i in ids]
         root = self.image_root
         return [root / p for p in _read_index(self.index_path(split), self.name)["path"]]
 
