@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kaggle_kit import KitError, metrics
+from kaggle_kit import KitError, blenders, metrics
 from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, write_csv, write_json
 
 MARKER = ".kit-holdout"  # a source folder made by this module (the only kind it deletes)
@@ -40,7 +40,7 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
     rec = recipes.load(recipe_path, overrides)
     comp = CompetitionDir.open(data_dir, rec.competition)
     meta = comp.meta()
-    task, metric = meta.get("task", "multiclass"), meta.get("metric", "accuracy")
+    task, metric = metrics.competition_target(meta, str(comp.meta_path))
     folds = comp.folds()
     k = holdout_fold if holdout_fold is not None else int(folds["fold"].max())
     if k not in set(folds["fold"]) or k < 0:
@@ -134,10 +134,6 @@ def _score(run: RunDir, held: pd.DataFrame, meta: dict, task: str, metric: str) 
     y = metrics.encode_targets(held.set_index("Id")["label"], ids, classes, task,
                                source=str(run.test_path))
     p = probs.loc[ids].to_numpy(dtype=float)
-    out = {"metric": metric, "n_holdout": len(ids),
-           "holdout": {metric: metrics.score(metric, y, p, task, classes)}}
-    for extra in ("accuracy", "log_loss"):
-        if extra != metric and task != "multilabel":
-            out["holdout"][extra] = metrics.score(extra, y, p, task, classes)
-    out["holdout"] = {m: float(np.round(v, 6)) for m, v in out["holdout"].items()}
-    return out
+    scored = blenders.scores(metric, y, p, task, classes)  # as kit blend's leaderboard
+    return {"metric": metric, "n_holdout": len(ids),
+            "holdout": {m: float(np.round(v, 6)) for m, v in scored.items()}}
