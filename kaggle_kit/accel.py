@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,39 @@ def make_accelerator(tr, project_dir: Path) -> tuple[Any, list[str]]:
     import torch
     from accelerate import Accelerator
 
+    from accelerate.utils import GradientAccumulationPlugin
+
     mp, note = mixed_precision(tr.mixed_precision)
+    # train.grad_accum micro-batches per optimizer step (acc.accumulate + epoch_batches below);
+    # a plugin, not gradient_accumulation_steps=, so ACCELERATE_GRADIENT_ACCUMULATION_STEPS in
+    # the environment cannot override the recipe
+    plugin = GradientAccumulationPlugin(num_steps=tr.grad_accum, sync_with_dataloader=True)
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available(),
+                      gradient_accumulation_plugin=plugin,
                       log_with=tr.log_with, project_dir=str(project_dir) if tr.log_with else None)
     return acc, [note] if note else []
+
+
+def epoch_batches(batches: Iterable, n: int) -> Iterator:
+    """Iterate one epoch's `n` batches (index arrays, or a DataLoader's batches) so that
+    `acc.accumulate` knows where the epoch ends: it steps the optimizer every train.grad_accum
+    micro-batches and after the epoch's last one (a shorter last group), then starts counting
+    afresh -- what accelerate does for a prepared DataLoader (sync_with_dataloader), here for
+    the loop's own batch lists (each rank already holds its slice: no DataLoader to prepare)."""
+    from accelerate.data_loader import DataLoaderStateMixin
+    from accelerate.state import GradientState
+
+    class _Epoch(DataLoaderStateMixin):
+        gradient_state = GradientState()
+
+    epoch = _Epoch()
+    epoch.begin()
+    try:
+        for i, batch in enumerate(batches):
+            epoch.end_of_dataloader = i == n - 1
+            yield batch
+    finally:
+        epoch.end()
 
 
 def rank0_decides(acc, flag: bool) -> bool:

@@ -222,7 +222,7 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     losses, sizes, correct = [], [], torch.zeros((), device=acc.device)
     model.train()
     t0 = time.perf_counter()
-    for step, batch in enumerate(loader if loader is not None else batches):
+    for batch in accel.epoch_batches(loader if loader is not None else batches, len(batches)):
         if loader is None:
             idx = torch.as_tensor(batch, device=acc.device)
             xb, yb = ctx.x[idx] if streamed is None else next(streamed), ctx.y[idx]
@@ -237,16 +237,15 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
             soft = targets.soft_targets(yb, len(ctx.classes), ctx.task)
             x, target = augment.mix_batch(x, soft, mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix,
                                           prob=tr.mix_prob, generator=gen)
-        sync = (step + 1) % tr.grad_accum == 0 or step == len(batches) - 1
-        with contextlib.nullcontext() if sync else acc.no_sync(model):
+        with acc.accumulate(model):  # no DDP sync, no optimizer step until the group's last
             with acc.autocast():
                 out = model(x)
                 loss = crit(out, target)
-            acc.backward(loss / tr.grad_accum)
-        if sync:
-            opt.step()
-            sched.step()
+            acc.backward(loss)  # divided by train.grad_accum (the plugin's num_steps)
+            opt.step()  # the prepared optimizer steps and zeroes only when acc.sync_gradients
             opt.zero_grad(set_to_none=True)
+        if acc.sync_gradients:
+            sched.step()
             if ema is not None:  # step = optimizer steps so far (the schedule's count: resumes)
                 ema.update(net, step=sched.last_epoch)
         losses.append(loss.detach())
