@@ -9,6 +9,10 @@
   any rank), so no rank walks into a collective the others never reach.
 - SyncBatchNorm (train.sync_bn) only where it works: several processes on GPUs.
 - Experiment trackers (train.log_with) through accelerate's tracking: per-epoch metrics.
+- CPU training under glibc keeps freed memory in the heap (`keep_freed_memory`): a training
+  step frees and re-allocates the same large activation buffers every batch, and glibc's
+  defaults return each one (> 128 KiB) to the OS and page-fault it back in (~1/3 of a step's
+  time in the kernel at 192 px; benchmarks/BENCHMARKS.md, "CPU allocator").
 """
 
 from __future__ import annotations
@@ -19,8 +23,39 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# glibc mallopt parameters (malloc.h) and their documented defaults (bytes)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _GLIBC_DEFAULT = -1, -3, 128 * 1024
+
 # seam for tests: the clock train.max_minutes reads (a 2-process test skews one rank's clock)
 clock = time.perf_counter
+
+
+def _glibc():
+    """The C library as a ctypes handle when it is glibc (mallopt exists), else None."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory(enabled: bool = True) -> bool:
+    """Make glibc malloc serve large blocks from the heap and keep freed memory (True), or put
+    back glibc's documented defaults (False). Process-wide; True when the setting was applied.
+
+    Large blocks stay mmap-ed only above 1 GiB, and the heap is never trimmed: peak RSS is
+    unchanged (the same buffers are reused) but freed memory is not returned to the OS until the
+    process ends, so `kit train` turns it on for its run and off afterwards."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap_at, trim_at = (2**30, 2**31 - 1) if enabled else (_GLIBC_DEFAULT, _GLIBC_DEFAULT)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_at))
 
 
 def choose_precision(recipe_value: str, launcher_value: str | None,

@@ -48,11 +48,13 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
     refused unless `force`; `resume` skips finished folds and continues an interrupted one.
     A disk that fills up is a one-line KitError (finished folds stay; --resume continues).
     `on_epoch(model name, metrics row)` is called after each epoch's checkpoint is written (tests
-    raise from it to simulate a kill). torch's thread count is restored afterwards."""
+    raise from it to simulate a kill). torch's thread count and, on CPU, glibc's malloc settings
+    (accel.keep_freed_memory) are restored afterwards."""
     import torch
 
     run_name = check_run_name(name or Path(recipe_path).stem)
     threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
+    kept = not torch.cuda.is_available() and accel.keep_freed_memory()  # CPU: +40-50% images/s
     try:
         return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
                     on_epoch)
@@ -63,6 +65,8 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
         raise err from None
     finally:
         torch.set_num_threads(threads)
+        if kept:
+            accel.keep_freed_memory(False)
 
 
 def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
