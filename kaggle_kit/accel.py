@@ -9,17 +9,53 @@
   any rank), so no rank walks into a collective the others never reach.
 - SyncBatchNorm (train.sync_bn) only where it works: several processes on GPUs.
 - Experiment trackers (train.log_with) through accelerate's tracking: per-epoch metrics.
+- CPU training under glibc keeps freed memory in the heap (`keep_freed_memory`): a training
+  step frees and re-allocates the same large activation buffers every batch, and glibc's
+  defaults return each one (> 128 KiB) to the OS and page-fault it back in (~1/3 of a step's
+  time in the kernel at 192 px; benchmarks/BENCHMARKS.md, "CPU allocator").
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# glibc mallopt parameters (malloc.h) and their documented defaults (bytes)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _GLIBC_DEFAULT = -1, -3, 128 * 1024
+
 # seam for tests: the clock train.max_minutes reads (a 2-process test skews one rank's clock)
 clock = time.perf_counter
+
+
+def _glibc():
+    """The C library as a ctypes handle when it is glibc (mallopt exists), else None."""
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_freed_memory(enabled: bool = True) -> bool:
+    """Make glibc malloc serve large blocks from the heap and keep freed memory (True), or put
+    back glibc's documented defaults (False). Process-wide; True when the setting was applied.
+
+    Large blocks stay mmap-ed only above 1 GiB, and the heap is never trimmed: peak RSS is
+    unchanged (the same buffers are reused) but freed memory is not returned to the OS until the
+    process ends, so `kit train` turns it on for its run and off afterwards."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap_at, trim_at = (2**30, 2**31 - 1) if enabled else (_GLIBC_DEFAULT, _GLIBC_DEFAULT)
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, trim_at))
 
 
 def choose_precision(recipe_value: str, launcher_value: str | None,
@@ -61,11 +97,39 @@ def make_accelerator(tr, project_dir: Path) -> tuple[Any, list[str]]:
     """(Accelerator, notes to print once) for the recipe's train section."""
     import torch
     from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
 
     mp, note = mixed_precision(tr.mixed_precision)
+    # train.grad_accum micro-batches per optimizer step (acc.accumulate + epoch_batches below);
+    # a plugin, not gradient_accumulation_steps=, so ACCELERATE_GRADIENT_ACCUMULATION_STEPS in
+    # the environment cannot override the recipe
+    plugin = GradientAccumulationPlugin(num_steps=tr.grad_accum, sync_with_dataloader=True)
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available(),
+                      gradient_accumulation_plugin=plugin,
                       log_with=tr.log_with, project_dir=str(project_dir) if tr.log_with else None)
     return acc, [note] if note else []
+
+
+def epoch_batches(batches: Iterable, n: int) -> Iterator:
+    """Iterate one epoch's `n` batches (index arrays, or a DataLoader's batches) so that
+    `acc.accumulate` knows where the epoch ends: it steps the optimizer every train.grad_accum
+    micro-batches and after the epoch's last one (a shorter last group), then starts counting
+    afresh -- what accelerate does for a prepared DataLoader (sync_with_dataloader), here for
+    the loop's own batch lists (each rank already holds its slice: no DataLoader to prepare)."""
+    from accelerate.data_loader import DataLoaderStateMixin
+    from accelerate.state import GradientState
+
+    class _Epoch(DataLoaderStateMixin):
+        gradient_state = GradientState()
+
+    epoch = _Epoch()
+    epoch.begin()
+    try:
+        for i, batch in enumerate(batches):
+            epoch.end_of_dataloader = i == n - 1
+            yield batch
+    finally:
+        epoch.end()
 
 
 def rank0_decides(acc, flag: bool) -> bool:

@@ -286,6 +286,21 @@ def test_grad_accum_equals_one_bigger_batch(loop) -> None:
     assert _max_diff(big, small) > 1e-3  # without accumulation it is another run
 
 
+def test_grad_accum_steps_on_the_last_short_group(loop) -> None:
+    """12 micro-batches of 8 per epoch with grad_accum=5: groups of 5, 5 and a short 2 that still
+    steps the optimizer and the schedule at the epoch's end (3 steps per epoch, the count the
+    schedule was built for), and the next epoch counts its groups afresh."""
+    from kaggle_kit import recipe, train_setup
+    from tests.fx_train import RECIPES
+
+    over = [*BASE, "model.name=test_vit", "data.limit=128", "train.batch_size=8",
+            "train.grad_accum=5"]
+    run = loop("bs8x5", *over[len(BASE):])
+    tr = recipe.load(RECIPES / "demo.yaml", over).train
+    peak, f = tr.lr * 8 * 5 / 256, train_setup.lr_lambda(tr, 3)
+    assert [r["lr"] for r in _metrics(run)] == pytest.approx([peak * f(3), peak * f(6)])
+
+
 def test_channels_last_changes_layout_not_results(loop) -> None:
     """channels_last trains on NHWC memory (the saved conv weights keep that layout) and gives
     the same predictions as the default layout, up to float summation order (other kernels)."""
