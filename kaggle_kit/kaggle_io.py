@@ -113,7 +113,7 @@ def _pass_on_warnings(printed: str) -> None:
             print(_scrub(line), file=sys.stderr, flush=True)
 
 
-def _api():
+def _api(competition: str = ""):
     """An authenticated KaggleApi, configured only through the environment; KitError (every way
     to give credentials) if there are none or the client refuses them."""
     check_credentials()
@@ -125,7 +125,7 @@ def _api():
     except SystemExit:
         raise KitError(f"Kaggle credentials incomplete, unreadable or expired: {CRED_HELP}") from None
     except Exception as e:  # a token is checked with Kaggle (IntrospectToken) while authenticating
-        raise _explain(e, "", "checking your Kaggle credentials") from e
+        raise _explain(e, competition, "checking your Kaggle credentials") from e
     finally:
         _pass_on_warnings(printed.getvalue())
     return api
@@ -223,7 +223,7 @@ def download_competition(competition: str, dest_dir: Path, force: bool = False,
     final = dest_dir / f"{competition}.zip"
     if final.exists() and not force and zipfile.is_zipfile(final):
         return final
-    api = _api()
+    api = _api(competition)
     part_dir = dest_dir / f".{competition}.download"
     try:
         part_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def submit_file(competition: str, csv_path: Path, message: str) -> dict:
     Returns {"id": Kaggle's submission ref as str, "message": Kaggle's reply}. KitError on
     no credentials / 401 / 403 rules / 404 / daily limit (with reset time) / 400 reason / network.
     """
-    api = _api()
+    api = _api(competition)
     try:
         resp = api.competition_submit(str(csv_path), message, competition, quiet=True)
     except Exception as e:
@@ -298,7 +298,7 @@ def list_submissions(competition: str) -> list[dict]:
     """Your submissions to `competition`, newest first, as dicts:
     {"id": str, "status": "pending"|"complete"|"error", "public_score": float | None,
      "error": str | None, "date": ISO str, "description": str}."""
-    api = _api()
+    api = _api(competition)
     try:
         subs = api.competition_submissions(competition, page_size=100) or []
     except Exception as e:

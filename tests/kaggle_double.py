@@ -471,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"local Kaggle API double for {d.url} on port {d._httpd.server_address[1]} serving "
           f"{comps}; in another shell:\n  export KAGGLE_API_ENVIRONMENT=LOCALHOST "
           f"KAGGLE_USERNAME={d.username} KAGGLE_KEY={d.key}{proxy}\n"
+          f"  (or, for a token: KAGGLE_API_TOKEN={d.issue_token()} instead of the two)\n"
           f"  kit fetch {comps[0] if comps else '<comp>'}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         while True:
