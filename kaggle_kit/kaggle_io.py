@@ -36,12 +36,14 @@ LIMIT_WORDS = ("daily submission", "submission allowance", "submission limit")
 
 
 # ----------------------------------------------------------------------------- credentials
-# kit accepts exactly what the client accepts, asking the client's own readers (no network):
+# kit accepts exactly what the client accepts, asking the client's own readers (kit's check makes
+# no request; `import kaggle` itself authenticates, which checks a token with Kaggle):
 # an access token (KAGGLE_API_TOKEN value or file, ~/.kaggle/access_token, the notebook's
 # KAGGLE_API_V1_TOKEN file), a legacy key (KAGGLE_USERNAME/KAGGLE_KEY, kaggle.json, or a mix),
 # or the OAuth ~/.kaggle/credentials.json written by `kaggle auth login`.
 # KaggleApi reads KAGGLE_CONFIG_DIR (where kaggle.json is) and KAGGLE_API_ENVIRONMENT once, when
-# `kaggle` is first imported: set them before that (the `kit` command always does; so do tests).
+# `kaggle` is first imported (no public way to change them later; kit sets nothing on the client):
+# a `kit` process has its environment from the start; tests fix both once per session.
 
 
 def _client_class(printed: io.StringIO | None = None):
