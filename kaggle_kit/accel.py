@@ -101,7 +101,6 @@ def make_accelerator(tr, project_dir: Path) -> tuple[Any, list[str]]:
     """(Accelerator, notes to print once) for the recipe's train section."""
     import torch
     from accelerate import Accelerator
-
     from accelerate.utils import GradientAccumulationPlugin
 
     mp, note = mixed_precision(tr.mixed_precision)

@@ -2,7 +2,7 @@
 
 The run (or export) is read as a tree by runtree.py: train runs are leaves, blends nodes with the
 blender they kept. Images are decoded in chunks (never all at once) with the
-run's cache size and fit (train_setup.cache_size) and predicted by `train.predict_batch`, the same
+run's cache size and fit (train_setup.cache_size) and predicted by `infer.predict_batch`, the same
 function that made the run's OOF and test.csv: same normalisation stats (saved with each model),
 resize, TTA views and mixed precision. Leaves are averaged over their models, blends recombine
 their members with the kept blender (blenders.py's own classes), and the probabilities become a
@@ -150,7 +150,7 @@ def _leaf_chunk(leaf: dict, nets: list, arrays: list[np.ndarray], device) -> np.
     """(B, C) mean over the leaf's models of predict_batch, images grouped by shape."""
     import torch
 
-    from kaggle_kit.train import predict_batch
+    from kaggle_kit.infer import predict_batch
 
     rec, out = leaf["recipe"], np.zeros((len(arrays), len(leaf["classes"])))
     shapes = sorted({a.shape for a in arrays})
