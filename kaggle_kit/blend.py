@@ -22,14 +22,8 @@ from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.honest import describe_blend
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.workspace import (
-    CompetitionDir,
-    RunDir,
-    check_run_name,
-    disk_full,
-    run_kind,
-    sha256_file,
-)
+from kaggle_kit.rundir import RunDir, run_kind
+from kaggle_kit.workspace import CompetitionDir, check_run_name, disk_full, sha256_file
 
 # ----------------------------------------------------------------------------- members
 

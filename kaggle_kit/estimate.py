@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError, blenders, metrics
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, write_csv, write_json
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, check_run_name, write_csv
 
 MARKER = ".kit-holdout"  # a source folder made by this module (the only kind it deletes)
 
@@ -70,7 +71,7 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
                "n_trained": len(folds) - len(held), "n_train": len(folds),
                "cv_shown": summary.get("cv") or {}, "test_is": summary.get("test_is"),
                "cv_label": summary.get("cv_label")}
-    write_json(run.root / "estimate.json", result)
+    run.write_estimate(result)
     return result
 
 
