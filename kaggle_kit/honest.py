@@ -116,13 +116,17 @@ def _recipe_without_competition(path: Path) -> dict | None:
 def find_estimates(run_root: Path, runs_dir: Path | None = None) -> list[dict]:
     """The estimate.json dicts (+ "path") of `kit estimate` runs of the SAME resolved recipe as
     the run in `run_root` (recipe.yaml equal but for `competition`, which is <comp>-ho<K> there)
-    on the same competition, found in the run's own folder's parent and `runs_dir`; by fold."""
+    on the same competition, found in the run's own folder's parent and `runs_dir`; by fold.
+    A blend: the estimates kit blend wrote into its summary.json."""
     run_root = Path(run_root)
     mine = _recipe_without_competition(run_root / "recipe.yaml")
     try:
-        comp = RunDir(run_root).summary().get("competition")
+        summary = RunDir(run_root).summary()
+        comp = summary.get("competition")
     except (KitError, AttributeError):  # missing / unreadable / not a JSON object
         return []
+    if summary.get("kind") == "blend":  # kit blend scored its members' estimate runs' blend
+        return list(summary.get("estimates") or [])
     if mine is None or not comp:
         return []
     found: dict[Path, dict] = {}

@@ -216,3 +216,13 @@ def test_two_processes_give_each_id_once(demo_data_dir: Path, tmp_path: Path) ->
     assert run.provenance()["num_processes"] == 2
     assert run.summary()["targeted"]["classes"] == ["three"]
     assert len(run.read_test()) == 96
+
+
+def test_cpu_prediction_batches_are_the_train_batch() -> None:
+    """On CPU predictions run in train.batch_size images (so the batch size bounds the run's
+    memory); a GPU batches at least 256."""
+    from kaggle_kit.train import predict_batch_size
+
+    assert predict_batch_size(32, torch.device("cpu")) == 32
+    assert predict_batch_size(32, torch.device("cuda")) == 256
+    assert predict_batch_size(512, torch.device("cuda")) == 512
