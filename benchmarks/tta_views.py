@@ -58,7 +58,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from kaggle_kit import images, recipe
-    from kaggle_kit.workspace import CompetitionDir, RunDir
+    from kaggle_kit.rundir import RunDir
+    from kaggle_kit.workspace import CompetitionDir
 
     run = RunDir(args.run)
     rec = recipe.load(args.run / "recipe.yaml", [])

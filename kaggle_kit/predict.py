@@ -24,8 +24,9 @@ import pandas as pd
 
 from kaggle_kit import KitError, train_setup
 from kaggle_kit import recipe as recipes
+from kaggle_kit.rundir import RunDir, load_model
 from kaggle_kit.runtree import combine, leaf_key, leaves, open_source
-from kaggle_kit.workspace import CompetitionDir, RunDir, read_json, write_csv
+from kaggle_kit.workspace import CompetitionDir, write_csv
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -81,22 +82,8 @@ def _csv_ids(path: Path, meta: dict) -> list[str]:
 
 def _net(model_dir: Path, leaf: dict, device):
     """(net in eval mode, its model.pt config) from model.safetensors + config.json or model.pt."""
-    import torch
 
-    st, pt = model_dir / "model.safetensors", model_dir / "model.pt"
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-
-            state, cfg = load_file(st), read_json(model_dir / "config.json")
-        else:
-            saved = torch.load(pt, map_location="cpu", weights_only=True)
-            state, cfg = saved["model"], saved["config"]
-    except KitError:
-        raise
-    except Exception as e:  # noqa: BLE001 - truncated / foreign file: one line
-        raise KitError(f"{st if st.is_file() else pt}: unreadable weights ({type(e).__name__}: "
-                       f"{str(e)[:120]}); export the run again") from e
+    state, cfg = load_model(model_dir)
     rec = leaf["recipe"]
     net = train_setup.build_net(recipes.Model(**cfg["model"]), len(cfg["classes"]),
                                 cfg["img_size"], device, rec.train.channels_last, weights=False)

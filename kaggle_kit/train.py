@@ -34,8 +34,9 @@ import numpy as np
 
 from kaggle_kit import KitError, accel, infer, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
+from kaggle_kit.workspace import CompetitionDir, check_run_name, disk_full
 
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
@@ -137,7 +138,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     val_ids = [ctx.ids[i] for i in val_rows] if val_rows is not None else None
     if (fdir / "test.csv").exists() and (fdir / "done.json").exists():
         ctx.progress.advance(ctx.run_task, tr.epochs)
-        return runfiles.read_done(ctx, fdir, val_ids)
+        return runfiles.read_done(fdir, ctx.classes, val_ids, ctx.test_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun
     net = train_setup.build_model(ctx)
     _say_notes(ctx)  # what the pretrained file filled in (first model only)
@@ -150,7 +151,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     model, opt = acc.prepare(net, opt)
     if tr.compile:  # after DDP wraps the net: dynamo splits the graph at DDP's buckets (overlap)
         model = torch.compile(model)
-    start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
+    start, best = runfiles.restore(fdir, net, opt, sched, ema, acc)
     eval_net = ema.module if ema is not None else net  # the weights evaluated and saved ...
     fwd = model if tr.compile and ema is None else eval_net  # ... run through
     crit = targets.criterion(ctx.task, tr.label_smoothing)
@@ -203,7 +204,8 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
-        runfiles.write_done(ctx, fdir, name, eval_net, val_ids, val, test, stats)
+        runfiles.write_done(fdir, eval_net, train_setup.model_config(ctx), ctx.classes,
+                            val_ids, val, ctx.test_ids, test, stats)
     acc.wait_for_everyone()
     acc.free_memory()
     return {"val_ids": val_ids, "val": val, "test": test, "stats": stats}

@@ -14,7 +14,8 @@ import numpy as np
 
 from kaggle_kit import KitError, metrics, targets
 from kaggle_kit import recipe as recipes
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.rundir import RunDir, model_competition
+from kaggle_kit.workspace import CompetitionDir
 
 # ----------------------------------------------------------------------------- checks
 
@@ -62,7 +63,7 @@ def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path
     if not path.is_file():
         raise KitError(f"model.pretrained_file: {given} not found; "
                        "download the weights file or set model.pretrained_file=null")
-    source = _trained_on(path)
+    source = model_competition(path)
     if source == comp.name:
         raise KitError(f"model.pretrained_file: {path} was trained on {comp.name} itself, so it has "
                        "seen every fold's validation images and the OOF scores would be leaked; "
@@ -76,22 +77,6 @@ def _run_path(given: str, runs_dir: Path) -> Path:
     return runs_dir / given if not path.exists() and (runs_dir / given).exists() else path
 
 
-def _trained_on(path: Path) -> str | None:
-    """The competition a kit model.pt was trained on: its config (kit >= 0.1 writes it) or,
-    for a fold / refit model inside a run folder, that run's summary.json."""
-    import torch
-
-    try:
-        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        name = (saved.get("config") or {}).get("competition") if isinstance(saved, dict) else None
-    except Exception:  # noqa: BLE001 - not a kit checkpoint (safetensors, foreign pickle)
-        name = None
-    run = RunDir(path.parent.parent)
-    if name is None and path.name == "model.pt" and run.summary_path.is_file():
-        name = run.summary().get("competition")
-    return name
-
-
 def normalize_note(rec: recipes.Recipe) -> str | None:
     """A warning for pretrained weights (hub or a foreign file) with data.normalize: dataset:
     such weights expect the mean/std they were trained with. Kit's own model.pt files (which
@@ -99,7 +84,7 @@ def normalize_note(rec: recipes.Recipe) -> str | None:
     m = rec.model
     if rec.data.normalize != "dataset" or not (m.pretrained or m.pretrained_file):
         return None
-    if m.pretrained_file and Path(m.pretrained_file).name == "model.pt" and _trained_on(
+    if m.pretrained_file and Path(m.pretrained_file).name == "model.pt" and model_competition(
             Path(m.pretrained_file)):
         return None
     return ("data.normalize: dataset with pretrained weights: the weights expect their own "
@@ -320,6 +305,14 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
 
 
 # ----------------------------------------------------------------------------- model + optimizer
+
+
+def model_config(ctx: Ctx) -> dict:
+    """What a saved model.pt needs besides its weights to be used (`kit predict`, pretraining):
+    the model section, competition, classes, img_size, and the mean / std it was trained with."""
+    return {"model": ctx.rec.model.model_dump(), "competition": ctx.comp.name,
+            "classes": ctx.classes, "img_size": ctx.img_size,
+            "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
 
 
 def build_model(ctx: Ctx):

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_kit.workspace import CompetitionDir, RunDir, write_json
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, write_json
 from tests.kaggle_double import KaggleDouble, PortBusy
 
 TEST_USER = "kit-test-user"

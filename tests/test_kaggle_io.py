@@ -306,7 +306,7 @@ def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
     assert len(kaggle_double.downloads) == n_downloads  # verified, nothing downloaded again
 
     from kaggle_kit.demo_data import demo_solution
-    from kaggle_kit.workspace import RunDir
+    from kaggle_kit.rundir import RunDir
 
     sol = demo_solution()
     run = RunDir(tmp_path / "runs" / "oracle")

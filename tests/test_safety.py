@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, check_run_name
 
 QUICK = ["cv.folds=[0]", "train.epochs=1"]  # one fold, one epoch: a few seconds
 

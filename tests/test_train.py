@@ -13,7 +13,8 @@ import torch
 import yaml
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir
 from tests.fx_train import RECIPES, REPO, TINY
 
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_s",
