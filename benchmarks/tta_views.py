@@ -33,7 +33,7 @@ def fold_probs(model_pt: Path, x: np.ndarray, views: list[str],
     """{view: (N, C) softmax probabilities} of the model in model_pt on uint8 images x (N,H,W,3),
     preprocessed by the training loop's own `to_input`."""
     from kaggle_kit import augment, models
-    from kaggle_kit.train import to_input
+    from kaggle_kit.infer import to_input
 
     ck = torch.load(model_pt, map_location="cpu", weights_only=False)
     cfg, m = ck["config"], ck["config"]["model"]
@@ -58,7 +58,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from kaggle_kit import images, recipe
-    from kaggle_kit.workspace import CompetitionDir, RunDir
+    from kaggle_kit.rundir import RunDir
+    from kaggle_kit.workspace import CompetitionDir
 
     run = RunDir(args.run)
     rec = recipe.load(args.run / "recipe.yaml", [])

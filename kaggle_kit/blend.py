@@ -22,14 +22,8 @@ from kaggle_kit import KitError, metrics
 from kaggle_kit.blenders import METHODS, StackBlender, evaluate, make_blender
 from kaggle_kit.honest import describe_blend
 from kaggle_kit.plots import write_run_plots
-from kaggle_kit.workspace import (
-    CompetitionDir,
-    RunDir,
-    check_run_name,
-    disk_full,
-    run_kind,
-    sha256_file,
-)
+from kaggle_kit.rundir import RunDir, run_kind
+from kaggle_kit.workspace import CompetitionDir, check_run_name, disk_full, sha256_file
 
 # ----------------------------------------------------------------------------- members
 
@@ -222,9 +216,10 @@ def _coefficients(model, members: list[Member], classes: list[str]) -> dict | No
 
 def write_blend(out: RunDir, comp: CompetitionDir, members: list[Member], scores: list[dict],
                 results: list[dict], chosen: dict, requested: str, labels: pd.Series, task: str,
-                metric: str) -> dict:
+                metric: str, estimates: list[dict] | None = None) -> dict:
     """Write oof.csv (honest), test.csv, summary.json, provenance.json, confusion.png of a blend.
-    labels: folds.csv's label by Id; task, metric: the competition's (as _blend read them)."""
+    labels: folds.csv's label by Id; task, metric: the competition's (as _blend read them);
+    estimates: held-out scores of the same blend of the members' kit estimate runs."""
     classes, ref = comp.classes, members[0]
     oof = pd.DataFrame(chosen["oof"], index=ref.oof.index, columns=classes)
     oof.insert(0, "fold", ref.oof["fold"].astype(int))
@@ -242,6 +237,7 @@ def write_blend(out: RunDir, comp: CompetitionDir, members: list[Member], scores
         "coefficients": _coefficients(chosen["model"], members, classes),
         "leaderboard": _leaderboard(members, scores, results, metric),
         **describe_blend(chosen["method"], [m.summary for m in members]),  # what CV / test.csv are
+        "estimates": estimates or [],  # honest.find_estimates reads these for a blend
     }
     out.write_summary(summary)
     out.write_provenance({"command": "kit blend", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -280,9 +276,9 @@ def blend(runs: list[Path], *, method: str = "best", name: str | None = None,
         raise err from None
 
 
-def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data_dir: Path,
-           submissions_dir: Path) -> str:
-    comp, members = load_members([Path(r) for r in runs], Path(data_dir))
+def fit_members(comp: CompetitionDir, members: list[Member], method: str) -> dict:
+    """Every method scored on the members' OOF (honest + in-sample) and the one kept (`best`:
+    by honest score): {task, metric, labels, y, folds, scores, results, chosen}."""
     task, metric = metrics.competition_target(comp.meta(), str(comp.meta_path))
     classes, ref = comp.classes, members[0]
     labels = comp.folds().set_index("Id")["label"]
@@ -296,8 +292,24 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
     results = [evaluate(k, P, y, folds, T, metric, task, classes) for k in METHODS]
     chosen = _pick(results, metric) if method == "best" else next(r for r in results
                                                                   if r["method"] == method)
+    return {"task": task, "metric": metric, "labels": labels, "y": y, "folds": folds,
+            "scores": scores, "results": results, "chosen": chosen}
+
+
+def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data_dir: Path,
+           submissions_dir: Path) -> str:
+    from kaggle_kit.estimate import blend_estimates
+    from kaggle_kit.honest import estimate_label
+
+    comp, members = load_members([Path(r) for r in runs], Path(data_dir))
+    fit = fit_members(comp, members, method)
+    task, metric, labels, y, folds = (fit[k] for k in ("task", "metric", "labels", "y", "folds"))
+    scores, results, chosen = fit["scores"], fit["results"], fit["chosen"]
     out = _out_run(runs_dir, name or default_name(members, method), members)
-    summary = write_blend(out, comp, members, scores, results, chosen, method, labels, task, metric)
+    estimates, why_none = blend_estimates([m.run.root for m in members], method, comp, runs_dir,
+                                          Path(data_dir))
+    summary = write_blend(out, comp, members, scores, results, chosen, method, labels, task, metric,
+                          estimates)
     from kaggle_kit.submission import build_submission, validate_submission, write_submission
 
     sub = build_submission(out, comp)
@@ -316,6 +328,7 @@ def _blend(runs: list[Path], method: str, name: str | None, runs_dir: Path, data
         f"(best member {best:.4f}, {got - best:+.4f})"
         + ("" if metric == "log_loss" else f", log loss {summary['cv']['log_loss']:.4f}"),
         f"  CV is: {summary['cv_label']}",
+        f"  {estimate_label(estimates, metric) or why_none}",
         f"weights: {summary['weights']}" if summary["weights"] else "weights: stacked "
         "(see summary.json coefficients)",
         f"run: {out.root}", f"submission: {sub_path}"])

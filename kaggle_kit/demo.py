@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import RunDir
+from kaggle_kit.rundir import RunDir
 
 RECIPE_DIRS = (Path("recipes"), Path(__file__).resolve().parents[1] / "recipes")
 

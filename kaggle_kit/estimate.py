@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError, blenders, metrics
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, write_csv, write_json
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, check_run_name, write_csv
 
 MARKER = ".kit-holdout"  # a source folder made by this module (the only kind it deletes)
 
@@ -70,7 +71,7 @@ def estimate(recipe_path: str | Path, overrides: list[str], *, holdout_fold: int
                "n_trained": len(folds) - len(held), "n_train": len(folds),
                "cv_shown": summary.get("cv") or {}, "test_is": summary.get("test_is"),
                "cv_label": summary.get("cv_label")}
-    write_json(run.root / "estimate.json", result)
+    run.write_estimate(result)
     return result
 
 
@@ -125,15 +126,58 @@ def _fetch_sub(sub: str, src: Path, meta: dict, data_dir, n_folds: int) -> None:
 
 def _score(run: RunDir, held: pd.DataFrame, meta: dict, task: str, metric: str) -> dict:
     """The held-out fold's score of run's test.csv: the competition metric, accuracy, log loss."""
+    return score_probs(run.read_test(list(meta["classes"])), held, meta, task, metric,
+                       str(run.test_path))
+
+
+def score_probs(probs: pd.DataFrame, held: pd.DataFrame, meta: dict, task: str, metric: str,
+                source: str) -> dict:
+    """{metric, n_holdout, holdout: {metric, accuracy, log_loss}} of test predictions `probs`
+    (index Id, a column per class value) on the held-out rows `held` (folds.csv rows)."""
     classes = list(meta["classes"])
-    probs = run.read_test(classes)
+    probs = probs.reindex(columns=classes, fill_value=0.0)  # a class absent from the sub-run
     ids = pd.Index(held["Id"].astype(str))
     missing = ids.difference(probs.index)
     if len(missing):
-        raise KitError(f"{run.test_path}: no prediction for held-out Id {missing[0]}")
-    y = metrics.encode_targets(held.set_index("Id")["label"], ids, classes, task,
-                               source=str(run.test_path))
+        raise KitError(f"{source}: no prediction for held-out Id {missing[0]}")
+    y = metrics.encode_targets(held.set_index("Id")["label"], ids, classes, task, source=source)
     p = probs.loc[ids].to_numpy(dtype=float)
     scored = blenders.scores(metric, y, p, task, classes)  # as kit blend's leaderboard
     return {"metric": metric, "n_holdout": len(ids),
             "holdout": {m: float(np.round(v, 6)) for m, v in scored.items()}}
+
+
+def blend_estimates(member_roots: list[Path], method: str, comp: CompetitionDir,
+                    runs_dir: Path, data_dir: Path) -> tuple[list[dict], str]:
+    """(held-out estimates of a blend, why there are none). For each fold K that EVERY member
+    has a `kit estimate` run for, the same `kit blend --method` procedure (the method chosen
+    again for `best`) runs on those estimate runs -- which never saw fold K, nor did their OOF --
+    and its test predictions are scored on fold K's labels, as estimate.json scores a run."""
+    from kaggle_kit import blend as blends
+    from kaggle_kit import honest
+
+    per = [{e.get("holdout_fold"): e for e in honest.find_estimates(r, runs_dir)}
+           for r in member_roots]
+    common = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    if not common:
+        return [], "no holdout estimate of the blend: run kit estimate on every member's recipe"
+    meta = comp.meta()
+    task, metric = metrics.competition_target(meta, str(comp.meta_path))
+    folds, out = comp.folds(), []
+    for k in common:
+        ho_roots = [Path(p[k]["path"]).parent for p in per]
+        try:
+            sub, members = blends.load_members(ho_roots, data_dir)
+            fit = blends.fit_members(sub, members, method)
+        except KitError as e:
+            return [], f"no holdout estimate of the blend (fold {k} estimate runs): {e}"
+        probs = pd.DataFrame(fit["chosen"]["test"], index=members[0].test.index,
+                             columns=sub.classes)
+        res = score_probs(probs, folds[folds["fold"] == k], meta, task, metric,
+                          f"blend of {', '.join(str(r) for r in ho_roots)}")
+        first = per[0][k]
+        out.append(res | {"competition": comp.name, "holdout_fold": k,
+                          "n_trained": first.get("n_trained"), "n_train": first.get("n_train"),
+                          "method": fit["chosen"]["method"], "runs": [str(r) for r in ho_roots],
+                          "path": str(RunDir(ho_roots[0]).estimate_path)})
+    return out, ""

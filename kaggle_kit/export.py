@@ -18,7 +18,6 @@ has one code path for both.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 from kaggle_kit import KitError, __version__
+from kaggle_kit.rundir import RunDir, export_model
 from kaggle_kit.runtree import EXPORT_FORMAT, open_source
 from kaggle_kit.workspace import read_json, sha256_file, write_json, write_text
 
@@ -115,33 +115,20 @@ def _write_tree(tree: dict, dest: Path, done: dict) -> str:
     rel = done[key] = f"runs/{name}"
     folder = dest / rel
     folder.mkdir(parents=True)
-    summary = json.loads((tree["root"] / "summary.json").read_text())
+    run, out = RunDir(tree["root"]), RunDir(folder)
+    summary = run.summary()
     if tree["kind"] == "blend":
         for m, member in zip(summary["members"], tree["members"], strict=True):
             m["path"] = _write_tree(member, dest, done)
     else:
-        shutil.copyfile(tree["root"] / "recipe.yaml", folder / "recipe.yaml")
-        prov = tree["root"] / "provenance.json"  # the precision test.csv was predicted under
-        if prov.is_file():
+        shutil.copyfile(run.recipe_path, out.recipe_path)
+        if run.provenance_path.is_file():  # the precision test.csv was predicted under
             keep = ("mixed_precision", "device", "versions", "git")
-            write_json(folder / "provenance.json",
-                       {k: v for k, v in json.loads(prov.read_text()).items() if k in keep})
+            out.write_provenance({k: v for k, v in run.provenance().items() if k in keep})
         for model_dir in tree["models"]:
-            _write_model(model_dir, folder / model_dir.name)
-    write_json(folder / "summary.json", summary)
+            export_model(model_dir, out.fold_dir(model_dir.name))
+    out.write_summary(summary)
     return rel
-
-
-def _write_model(model_dir: Path, dest: Path) -> None:
-    """model.pt -> model.safetensors (the weights) + config.json (what predict needs with them)."""
-    import torch
-    from safetensors.torch import save_file
-
-    saved = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    dest.mkdir(parents=True)
-    state = {k: v.contiguous() for k, v in saved["model"].items()}
-    save_file(state, dest / "model.safetensors", metadata={"format": "pt"})
-    write_json(dest / "config.json", saved["config"])
 
 
 def build_wheel(dest: Path) -> str:

@@ -16,11 +16,13 @@ No torch here; reads run folders (recipe.yaml, summary.json, estimate.json) only
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import yaml
+
+from kaggle_kit import KitError
+from kaggle_kit.rundir import RunDir, estimate_runs
 
 ADVICE = "run kit estimate for the submission's own score"
 
@@ -114,26 +116,26 @@ def _recipe_without_competition(path: Path) -> dict | None:
 def find_estimates(run_root: Path, runs_dir: Path | None = None) -> list[dict]:
     """The estimate.json dicts (+ "path") of `kit estimate` runs of the SAME resolved recipe as
     the run in `run_root` (recipe.yaml equal but for `competition`, which is <comp>-ho<K> there)
-    on the same competition, found in the run's own folder's parent and `runs_dir`; by fold."""
+    on the same competition, found in the run's own folder's parent and `runs_dir`; by fold.
+    A blend: the estimates kit blend wrote into its summary.json."""
     run_root = Path(run_root)
     mine = _recipe_without_competition(run_root / "recipe.yaml")
     try:
-        comp = json.loads((run_root / "summary.json").read_text()).get("competition")
-    except (OSError, ValueError, AttributeError):
+        summary = RunDir(run_root).summary()
+        comp = summary.get("competition")
+    except (KitError, AttributeError):  # missing / unreadable / not a JSON object
         return []
+    if summary.get("kind") == "blend":  # kit blend scored its members' estimate runs' blend
+        return list(summary.get("estimates") or [])
     if mine is None or not comp:
         return []
     found: dict[Path, dict] = {}
     for parent in {run_root.parent.resolve(), *([Path(runs_dir).resolve()] if runs_dir else [])}:
-        for path in sorted(parent.glob("*/estimate.json")):
-            try:
-                est = json.loads(path.read_text())
-            except (OSError, ValueError):
+        for root, est in estimate_runs(parent):
+            if est.get("competition") != comp or root.resolve() == run_root.resolve():
                 continue
-            if (not isinstance(est, dict) or est.get("competition") != comp
-                    or path.parent.resolve() == run_root.resolve()):
-                continue
-            if _recipe_without_competition(path.parent / "recipe.yaml") == mine:
+            path = RunDir(root).estimate_path
+            if _recipe_without_competition(RunDir(root).recipe_path) == mine:
                 found[path.resolve()] = {**est, "path": str(path)}
     return sorted(found.values(), key=lambda e: (e.get("holdout_fold", 0), e["path"]))
 

@@ -1,10 +1,10 @@
 """The one seam to Kaggle: the only module that imports `kaggle` (lazily: importing it authenticates).
 
-Uses the official client (kaggle 2.x + kagglesdk) against `POST <endpoint>/api/v1/competitions.
-CompetitionApiService/<Method>`; tests point it at a local double on http://localhost (port 80) with
+Uses the official client (kaggle>=2.0 + kagglesdk) only through its public calls, configured only
+through the environment; tests point it at a local double on http://localhost (port 80) with
 KAGGLE_API_ENVIRONMENT=LOCALHOST. Every failure becomes a one-line KitError saying what to do.
-The key is never put in a message: credentials travel only inside the client's HTTP basic auth, and
-every message is scrubbed of the key anyway.
+Credentials (any form the client accepts) travel only inside the client's HTTP auth, and every
+message is scrubbed of every key and token anyway.
 
 - download_competition(competition, dest_dir, force=False) -> Path of dest_dir/<comp>.zip
 - submit_file(competition, csv_path, message) -> {"id", "message"}
@@ -21,55 +21,75 @@ import os
 import re
 import shutil
 import sys
+import time
 import zipfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from kaggle_kit import KitError
 
-CRED_HELP = ("set the KAGGLE_USERNAME and KAGGLE_KEY environment variables, or save "
-             '{"username": ..., "key": ...} as ~/.kaggle/kaggle.json (chmod 600); '
-             "create a key at https://www.kaggle.com/settings/api")
+CRED_HELP = ("run `kaggle auth login`, or set KAGGLE_API_TOKEN to a token from "
+             "https://www.kaggle.com/settings/api (or save it as ~/.kaggle/access_token), or set "
+             "KAGGLE_USERNAME and KAGGLE_KEY, or save {\"username\": ..., \"key\": ...} as "
+             "~/.kaggle/kaggle.json (chmod 600)")
 LIMIT_WORDS = ("daily submission", "submission allowance", "submission limit")
 
 
 # ----------------------------------------------------------------------------- credentials
+# kit accepts exactly what the client accepts, asking the client's own readers (kit's check makes
+# no request; `import kaggle` itself authenticates, which checks a token with Kaggle):
+# an access token (KAGGLE_API_TOKEN value or file, ~/.kaggle/access_token, the notebook's
+# KAGGLE_API_V1_TOKEN file), a legacy key (KAGGLE_USERNAME/KAGGLE_KEY, kaggle.json, or a mix),
+# or the OAuth ~/.kaggle/credentials.json written by `kaggle auth login`.
+# KaggleApi reads KAGGLE_CONFIG_DIR (where kaggle.json is) and KAGGLE_API_ENVIRONMENT once, when
+# `kaggle` is first imported (no public way to change them later; kit sets nothing on the client):
+# a `kit` process has its environment from the start; tests fix both once per session.
 
 
-def _config_dir() -> Path:
-    """Where the client looks for kaggle.json (same rule as kaggle 2.x, evaluated now)."""
-    if os.environ.get("KAGGLE_CONFIG_DIR"):
-        return Path(os.environ["KAGGLE_CONFIG_DIR"])
-    home = Path.home() / ".kaggle"
-    if sys.platform.startswith("linux") and not home.exists():
-        xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-        return Path(xdg) / "kaggle"
-    return home
+def _client_class(printed: io.StringIO | None = None):
+    """The KaggleApi class; `import kaggle` authenticates and prints help, captured in `printed`."""
+    with contextlib.redirect_stdout(printed or io.StringIO()):
+        from kaggle.api.kaggle_api_extended import KaggleApi
+    return KaggleApi
 
 
-def _file_creds() -> dict:
-    """kaggle.json's {"username", "key"} if readable, else {}."""
+def _legacy_config(printed: io.StringIO | None = None) -> dict:
+    """The client's view of kaggle.json overlaid with KAGGLE_* variables ({"username", "key"...})."""
+    api = _client_class(printed)()
+    with contextlib.redirect_stdout(printed or io.StringIO()):  # its chmod warning: see _api
+        return api.read_config_environment(api.read_config_file(quiet=True))
+
+
+def _oauth_tokens() -> list[str]:
+    """Refresh + access token of ~/.kaggle/credentials.json (`kaggle auth login`), if any."""
+    from kagglesdk.kaggle_creds import KaggleCredentials
+
     try:
-        data = json.loads((_config_dir() / "kaggle.json").read_text())
-        return data if isinstance(data, dict) else {}
+        data = json.loads(Path(KaggleCredentials.DEFAULT_CREDENTIALS_FILE).expanduser().read_text())
     except (OSError, ValueError):
-        return {}
+        return []
+    if not isinstance(data, dict) or not data.get("refresh_token"):
+        return []  # the client ignores a file without a refresh token
+    return [str(data["refresh_token"]), str(data.get("access_token") or "")]
+
+
+def _access_token() -> str | None:
+    from kagglesdk import get_access_token_from_env
+
+    return get_access_token_from_env()[0]
 
 
 def _has_credentials() -> bool:
-    """True if the client will find a legacy key (env or kaggle.json) or an access token."""
-    env = os.environ
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return True
-    creds = _file_creds()
-    if (creds.get("username") or env.get("KAGGLE_USERNAME")) and (creds.get("key") or env.get("KAGGLE_KEY")):
-        return True
-    token_file = Path.home() / ".kaggle" / "access_token"
-    return bool(env.get("KAGGLE_API_TOKEN")) or token_file.exists()
+    """True if the client will find credentials in any form it accepts (see above)."""
+    config = _legacy_config()
+    return bool(_access_token() or (config.get("username") and config.get("key"))
+                or _oauth_tokens())
 
 
 def _secrets() -> list[str]:
-    keys = [os.environ.get("KAGGLE_KEY"), os.environ.get("KAGGLE_API_TOKEN"), _file_creds().get("key")]
+    """Every credential string the client could send: never to appear in a message."""
+    keys = [os.environ.get("KAGGLE_KEY"), os.environ.get("KAGGLE_API_TOKEN"), _access_token(),
+            _legacy_config().get("key"), *_oauth_tokens()]
     return [k for k in keys if isinstance(k, str) and len(k) >= 4]
 
 
@@ -81,7 +101,7 @@ def _scrub(text: str) -> str:
 
 
 def check_credentials() -> None:
-    """KitError (both ways to give credentials) unless the client will find some: callers check
+    """KitError (every way to give credentials) unless the client will find some: callers check
     this before work that must not be half done (an upload, a download into a new folder)."""
     if not _has_credentials():
         raise KitError(f"no Kaggle credentials found: {CRED_HELP}")
@@ -95,23 +115,19 @@ def _pass_on_warnings(printed: str) -> None:
             print(_scrub(line), file=sys.stderr, flush=True)
 
 
-def _api():
-    """An authenticated KaggleApi; KitError (both ways to give credentials) if there are none."""
+def _api(competition: str = ""):
+    """An authenticated KaggleApi, configured only through the environment; KitError (every way
+    to give credentials) if there are none or the client refuses them."""
     check_credentials()
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):  # `import kaggle` authenticates and prints help
-        from kaggle.api.kaggle_api_extended import KaggleApi
-    api = KaggleApi()
-    # KaggleApi reads its config dir and LOCALHOST switch once, when `kaggle` is first imported;
-    # re-evaluate them now so the environment of this call is the one that counts.
-    api.config_dir = str(_config_dir())
-    api.config = os.path.join(api.config_dir, "kaggle.json")
-    api.args = ["--local"] if os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST" else []
+    api = _client_class(printed)()
     try:
         with contextlib.redirect_stdout(printed):
             api.authenticate()
     except SystemExit:
-        raise KitError(f"Kaggle credentials incomplete or unreadable: {CRED_HELP}") from None
+        raise KitError(f"Kaggle credentials incomplete, unreadable or expired: {CRED_HELP}") from None
+    except Exception as e:  # a token is checked with Kaggle (IntrospectToken) while authenticating
+        raise _explain(e, competition, "checking your Kaggle credentials") from e
     finally:
         _pass_on_warnings(printed.getvalue())
     return api
@@ -194,25 +210,26 @@ def _is_unreachable(e: Exception) -> bool:
 
 
 def download_competition(competition: str, dest_dir: Path, force: bool = False,
-                         *, retries: int = 3) -> Path:
+                         *, retries: int = 2, backoff_s: float = 2.0) -> Path:
     """Download all files of `competition` as `dest_dir/<competition>.zip`; return that path.
 
-    Shows the client's progress bar. The bytes land in `dest_dir/.<competition>.download/` and are
-    moved onto the final name only once complete and a readable zip, so a partial download is
-    never the final file; a rerun after a cut connection resumes it (HTTP Range, checked against
-    the server's ETag) or starts over. An existing valid zip is kept unless `force`.
-    `retries`: in-process retries of a dropped download (backoff 2, 4, 8... s) before giving up.
+    Through the client's public `competition_download_files` (its progress bar; it retries a
+    dropped stream itself, 5 times, resuming with HTTP Range checked against the server's ETag).
+    The bytes land in `dest_dir/.<competition>.download/` and are moved onto the final name only
+    once complete and a readable zip, so a partial download is never the final file; a rerun
+    after a killed download resumes it. An existing valid zip is kept unless `force`.
+    `retries`: further calls after a failure the client does not retry (the API call itself
+    dropped or unreachable, HTTP 5xx, a short file), waiting backoff_s, 2*backoff_s... seconds.
     """
     dest_dir = Path(dest_dir)
     final = dest_dir / f"{competition}.zip"
     if final.exists() and not force and zipfile.is_zipfile(final):
         return final
-    api = _api()
+    api = _api(competition)
     part_dir = dest_dir / f".{competition}.download"
-    part = part_dir / f"{competition}.zip"
     try:
         part_dir.mkdir(parents=True, exist_ok=True)
-        _download(api, competition, part, retries)
+        part = _download(api, competition, part_dir, retries, backoff_s)
         if not zipfile.is_zipfile(part):
             part.unlink()
             raise KitError(f"{competition}: Kaggle sent a file that is not a zip; rerun to retry")
@@ -234,18 +251,32 @@ def _remove_empty(*folders: Path) -> None:
             folder.rmdir()
 
 
-def _download(api, competition: str, outfile: Path, retries: int) -> None:
-    """`KaggleApi.competition_download_files` step by step, with our retry count: ask
-    DownloadDataFiles (-> redirect to the file), then stream it with the client's resumable
-    `download_file` (progress bar, Range resume, size check)."""
-    from kagglesdk.competitions.types.competition_api_service import ApiDownloadDataFilesRequest
+def _download(api, competition: str, part_dir: Path, retries: int, backoff_s: float) -> Path:
+    """`api.competition_download_files` into part_dir, called again (backoff) after a transient
+    failure; returns the downloaded file. force=False: the client resumes a partial there."""
+    for attempt in range(retries + 1):
+        try:
+            api.competition_download_files(competition, path=str(part_dir), force=False,
+                                           quiet=False)
+            break
+        except Exception as e:
+            if attempt == retries or not _is_transient(e):
+                raise
+            time.sleep(backoff_s * 2 ** attempt)
+    # the client names the file <competition>.<extension of the URL Kaggle redirects to>
+    found = [p for p in part_dir.glob(f"{competition}.*") if not p.name.endswith(".kaggle-partial")]
+    if len(found) != 1:
+        raise KitError(f"{competition}: the Kaggle client left {len(found)} files in {part_dir} "
+                       f"instead of one zip; delete that folder and rerun")
+    return found[0]
 
-    with api.build_kaggle_client() as kaggle:
-        request = ApiDownloadDataFilesRequest()
-        request.competition_name = competition
-        response = kaggle.competitions.competition_api_client.download_data_files(request)
-        api.download_file(response, str(outfile), kaggle.http_client(), quiet=False, resume=True,
-                          max_retries=retries)
+
+def _is_transient(e: Exception) -> bool:
+    """Worth another call: a dropped or unreachable connection, a short file, HTTP 5xx."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if status is not None:
+        return status >= 500
+    return _is_dropped(e) or _is_unreachable(e)
 
 
 def submit_file(competition: str, csv_path: Path, message: str) -> dict:
@@ -254,7 +285,7 @@ def submit_file(competition: str, csv_path: Path, message: str) -> dict:
     Returns {"id": Kaggle's submission ref as str, "message": Kaggle's reply}. KitError on
     no credentials / 401 / 403 rules / 404 / daily limit (with reset time) / 400 reason / network.
     """
-    api = _api()
+    api = _api(competition)
     try:
         resp = api.competition_submit(str(csv_path), message, competition, quiet=True)
     except Exception as e:
@@ -269,7 +300,7 @@ def list_submissions(competition: str) -> list[dict]:
     """Your submissions to `competition`, newest first, as dicts:
     {"id": str, "status": "pending"|"complete"|"error", "public_score": float | None,
      "error": str | None, "date": ISO str, "description": str}."""
-    api = _api()
+    api = _api(competition)
     try:
         subs = api.competition_submissions(competition, page_size=100) or []
     except Exception as e:

@@ -5,14 +5,14 @@ fold*/metrics.jsonl). matplotlib Agg canvas (no pyplot), atomic writes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from kaggle_kit import metrics
-from kaggle_kit.workspace import CompetitionDir, RunDir, atomic_path
+from kaggle_kit import metrics, rundir
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, atomic_path
 
 # ----------------------------------------------------------------------------- loading
 
@@ -70,11 +70,10 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
 def read_metrics(run: RunDir) -> dict[str, pd.DataFrame]:
     """{fold dir name: metrics.jsonl as a DataFrame} for fold*/ and refit*/ folders of a run."""
     out = {}
-    dirs = sorted(run.root.glob("fold*/metrics.jsonl")) + sorted(run.root.glob("refit*/metrics.jsonl"))
-    for f in dirs:
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for d in rundir.model_dirs(run):
+        rows = rundir.read_metrics(d)
         if rows:
-            out[f.parent.name] = pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce")
+            out[d.name] = pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce")
     return out
 
 

@@ -2,7 +2,7 @@
 
 The run (or export) is read as a tree by runtree.py: train runs are leaves, blends nodes with the
 blender they kept. Images are decoded in chunks (never all at once) with the
-run's cache size and fit (train_setup.cache_size) and predicted by `train.predict_batch`, the same
+run's cache size and fit (train_setup.cache_size) and predicted by `infer.predict_batch`, the same
 function that made the run's OOF and test.csv: same normalisation stats (saved with each model),
 resize, TTA views and mixed precision. Leaves are averaged over their models, blends recombine
 their members with the kept blender (blenders.py's own classes), and the probabilities become a
@@ -24,8 +24,9 @@ import pandas as pd
 
 from kaggle_kit import KitError, train_setup
 from kaggle_kit import recipe as recipes
+from kaggle_kit.rundir import RunDir, load_model
 from kaggle_kit.runtree import combine, leaf_key, leaves, open_source
-from kaggle_kit.workspace import CompetitionDir, RunDir, read_json, write_csv
+from kaggle_kit.workspace import CompetitionDir, write_csv
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -81,22 +82,8 @@ def _csv_ids(path: Path, meta: dict) -> list[str]:
 
 def _net(model_dir: Path, leaf: dict, device):
     """(net in eval mode, its model.pt config) from model.safetensors + config.json or model.pt."""
-    import torch
 
-    st, pt = model_dir / "model.safetensors", model_dir / "model.pt"
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-
-            state, cfg = load_file(st), read_json(model_dir / "config.json")
-        else:
-            saved = torch.load(pt, map_location="cpu", weights_only=True)
-            state, cfg = saved["model"], saved["config"]
-    except KitError:
-        raise
-    except Exception as e:  # noqa: BLE001 - truncated / foreign file: one line
-        raise KitError(f"{st if st.is_file() else pt}: unreadable weights ({type(e).__name__}: "
-                       f"{str(e)[:120]}); export the run again") from e
+    state, cfg = load_model(model_dir)
     rec = leaf["recipe"]
     net = train_setup.build_net(recipes.Model(**cfg["model"]), len(cfg["classes"]),
                                 cfg["img_size"], device, rec.train.channels_last, weights=False)
@@ -150,7 +137,7 @@ def _leaf_chunk(leaf: dict, nets: list, arrays: list[np.ndarray], device) -> np.
     """(B, C) mean over the leaf's models of predict_batch, images grouped by shape."""
     import torch
 
-    from kaggle_kit.train import predict_batch
+    from kaggle_kit.infer import predict_batch
 
     rec, out = leaf["recipe"], np.zeros((len(arrays), len(leaf["classes"])))
     shapes = sorted({a.shape for a in arrays})

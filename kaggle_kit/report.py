@@ -16,7 +16,8 @@ import yaml
 from kaggle_kit import KitError, blenders, metrics
 from kaggle_kit.metrics import confusion
 from kaggle_kit.plots import run_competition
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir
 
 # ----------------------------------------------------------------------------- loading
 

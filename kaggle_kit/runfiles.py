@@ -7,7 +7,6 @@ outputs (oof.csv, test.csv, summary.json, provenance.json, plots). Only rank 0 c
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -15,27 +14,11 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
+from kaggle_kit.rundir import RunDir, model_dirs, run_kind
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import (
-    CompetitionDir,
-    RunDir,
-    run_kind,
-    sha256_file,
-    write_csv,
-    write_text,
-)
+from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv, write_text
 
 # ----------------------------------------------------------------------------- run folder (no torch)
-
-
-_MODEL_DIR = re.compile(r"(fold|refit)\d+")  # the only sub-folders kit writes in a run folder
-
-
-def model_dirs(run_dir: RunDir) -> list[Path]:
-    """The fold<k>/ and refit<i>/ folders kit wrote (not e.g. a user's `fold_notes/`)."""
-    if not run_dir.root.is_dir():
-        return []
-    return sorted(p for p in run_dir.root.iterdir() if p.is_dir() and _MODEL_DIR.fullmatch(p.name))
 
 
 def _has_results(run_dir: RunDir) -> bool:
@@ -142,25 +125,26 @@ def save_state(fdir: Path, epoch: int, net, opt, sched, ema, best, acc) -> None:
         torch.save(state, f)  # a file object: a full disk raises OSError ENOSPC, not RuntimeError
 
 
-def restore(ctx: Ctx, fdir: Path, net, opt, sched, ema) -> tuple[int, dict | None]:
-    """(first epoch to train, best-so-far) from fold<k>/state.pt, or (0, None) for a fresh fold.
-    RNGs are re-seeded per epoch (_seed_rngs), so the saved ones are for the record only."""
+def restore(fdir: Path, net, opt, sched, ema, acc) -> tuple[int, dict | None]:
+    """(first epoch to train, best-so-far) from fold<k>/state.pt, or (0, None) for a fresh fold
+    (`acc`: the run's Accelerator). RNGs are re-seeded per epoch (train._seed_rngs), so the saved
+    ones are for the record only."""
     import torch
 
     path = fdir / "state.pt"
     if not path.exists():
-        if ctx.acc.is_main_process and (fdir / "metrics.jsonl").exists():
+        if acc.is_main_process and (fdir / "metrics.jsonl").exists():
             (fdir / "metrics.jsonl").unlink()
         return 0, None
-    state = torch.load(path, map_location=ctx.acc.device, weights_only=False)
+    state = torch.load(path, map_location=acc.device, weights_only=False)
     net.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     if ema is not None and state["ema"] is not None:
         ema.load_state_dict(state["ema"])
-    if ctx.acc.scaler is not None and state["scaler"] is not None:
-        ctx.acc.scaler.load_state_dict(state["scaler"])
-    if ctx.acc.is_main_process:  # drop metric lines of epochs after the checkpoint
+    if acc.scaler is not None and state["scaler"] is not None:
+        acc.scaler.load_state_dict(state["scaler"])
+    if acc.is_main_process:  # drop metric lines of epochs after the checkpoint
         lines = (fdir / "metrics.jsonl").read_text().splitlines()[: state["epoch"]]
         write_text(fdir / "metrics.jsonl", "".join(line + "\n" for line in lines))
     return state["epoch"], state["best"]
@@ -175,20 +159,19 @@ def append_metrics(fdir: Path, row: dict, epoch: int) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def write_done(ctx: Ctx, fdir: Path, name: str, net, val_ids, val, test, stats) -> None:
-    """model.pt (weights + what is needed to use them), the fold's predictions, done.json."""
+def write_done(fdir: Path, net, config: dict, classes: list[str], val_ids: list[str] | None,
+               val: np.ndarray | None, test_ids: list[str], test: np.ndarray, stats: dict) -> None:
+    """model.pt (weights + `config`, what is needed to use them: train_setup.model_config), the
+    fold's (n, C) predictions by Id (oof.csv without validation rows: a refit), done.json."""
     import torch
 
     from kaggle_kit.workspace import atomic_path, write_json
 
-    cfg = {"model": ctx.rec.model.model_dump(), "competition": ctx.comp.name,
-           "classes": ctx.classes, "img_size": ctx.img_size,
-           "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
     with atomic_path(fdir / "model.pt") as tmp, open(tmp, "wb") as f:
-        torch.save({"model": cpu_state(net), "config": cfg}, f)  # file object: ENOSPC is an OSError
+        torch.save({"model": cpu_state(net), "config": config}, f)  # file object: ENOSPC is OSError
     if val is not None:
-        write_csv(fdir / "oof.csv", _frame(val, val_ids, ctx.classes))
-    write_csv(fdir / "test.csv", _frame(test, ctx.test_ids, ctx.classes))
+        write_csv(fdir / "oof.csv", _frame(val, val_ids, classes))
+    write_csv(fdir / "test.csv", _frame(test, test_ids, classes))
     write_json(fdir / "done.json", stats)
     (fdir / "state.pt").unlink(missing_ok=True)
 
@@ -204,7 +187,8 @@ def check_finite(fdir: Path, val: np.ndarray | None, test: np.ndarray | None) ->
                            "train.lr or set train.mixed_precision=no and rerun")
 
 
-def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
+def read_done(fdir: Path, classes: list[str], val_ids: list[str] | None,
+              test_ids: list[str]) -> dict:
     """A finished fold read back from its files, in the shape train_fold returns."""
     from kaggle_kit.workspace import read_json
 
@@ -214,10 +198,10 @@ def read_done(ctx: Ctx, fdir: Path, val_ids) -> dict:
         if len(missing):
             raise KitError(f"{path}: lacks {len(missing)} Ids of this model (e.g. {missing[0]}); "
                            "the folds changed since it was trained: rerun without --resume")
-        return df.loc[ids, ctx.classes].to_numpy(dtype=float)
+        return df.loc[ids, classes].to_numpy(dtype=float)
 
     val = read(fdir / "oof.csv", val_ids) if val_ids is not None else None
-    test = read(fdir / "test.csv", ctx.test_ids)
+    test = read(fdir / "test.csv", test_ids)
     check_finite(fdir, val, test)  # a fold marked done by an older kit with NaN predictions
     return {"val_ids": val_ids, "val": val, "test": test, "stats": read_json(fdir / "done.json")}
 

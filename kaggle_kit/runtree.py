@@ -17,7 +17,8 @@ import pandas as pd
 
 from kaggle_kit import KitError, __version__
 from kaggle_kit import recipe as recipes
-from kaggle_kit.workspace import CompetitionDir, RunDir, read_json, sha256_file
+from kaggle_kit.rundir import RunDir, has_weights
+from kaggle_kit.workspace import CompetitionDir, read_json, sha256_file
 
 EXPORT_FORMAT = 1  # manifest.json "format": bump when the export layout changes
 
@@ -44,7 +45,7 @@ def load_tree(root: Path, resolve) -> dict:
     names = s.get("test_members") or _default_members(run, s.get("test_from", "folds"))
     models = [run.fold_dir(m) for m in names]
     for d in models:
-        if not (d / "model.safetensors").is_file() and not (d / "model.pt").is_file():
+        if not has_weights(d):
             raise KitError(f"{d / 'model.pt'}: missing weights of {d.name}, one of the models "
                            f"{run.test_path.name} averages; retrain it (kit train --resume) or "
                            "export the run again")
@@ -83,14 +84,14 @@ def open_source(path: Path, data_dir: Path, runs_dir: Path) -> dict:
         path = Path(runs_dir) / str(path)
     if (path / "manifest.json").is_file():
         return _open_export(path)
-    if not (path / "summary.json").is_file():
+    if not RunDir(path).summary_path.is_file():
         raise KitError(f"{path}: neither a run folder (no summary.json) nor a kit export "
                        "(no manifest.json)")
 
     def resolve(text: str, blend_root: Path) -> Path:
         p = Path(text)
         for cand in (p, blend_root.parent / p.name, Path(runs_dir) / p.name):
-            if (cand / "summary.json").is_file():
+            if RunDir(cand).summary_path.is_file():
                 return cand
         raise KitError(f"{blend_root / 'summary.json'}: member run {text} not found (nor under "
                        f"{blend_root.parent}); run kit predict from where kit blend ran")

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError, metrics
-from kaggle_kit.workspace import CompetitionDir, RunDir, write_csv
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, write_csv
 
 PROB_ATOL = 1e-3  # tolerance on "each probability row sums to 1"
 SHOW_ROWS = 5  # offending rows quoted in a validation error

@@ -20,8 +20,9 @@ import pandas as pd
 
 from kaggle_kit import KitError, honest, metrics
 from kaggle_kit.ledger import LEDGER_COLUMNS, append_row, ledger_path, read_ledger, record_results  # noqa: F401, E501 - LEDGER_COLUMNS re-exported
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.submission import build_submission, validate_submission, write_submission
-from kaggle_kit.workspace import CompetitionDir, RunDir, disk_full, sha256_file
+from kaggle_kit.workspace import CompetitionDir, disk_full, sha256_file
 
 # ----------------------------------------------------------------------------- kit submit
 

@@ -20,12 +20,11 @@ scaler and EMA, so a resumed fold replays exactly what an uninterrupted one woul
 
 What the loop is built from (Ctx, checks, model, optimizer, schedule) is in train_setup.py; the
 files it reads and writes in runs/<run>/ (checkpoints, fold files, summary, provenance) in
-runfiles.py.
+runfiles.py; validation and test predictions (TTA) in infer.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -33,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, accel, runfiles, targets, train_setup
+from kaggle_kit import KitError, accel, infer, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.train_setup import Ctx
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name, disk_full
+from kaggle_kit.workspace import CompetitionDir, check_run_name, disk_full
 
 
 def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = None,
@@ -54,7 +54,6 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
 
     run_name = check_run_name(name or Path(recipe_path).stem)
     threads = torch.get_num_threads()  # train.threads must not leak into the caller's process
-    kept = not torch.cuda.is_available() and accel.keep_freed_memory()  # CPU: +40-50% images/s
     try:
         return _run(recipe_path, overrides, run_name, Path(runs_dir), data_dir, resume, force,
                     on_epoch)
@@ -65,8 +64,6 @@ def run(recipe_path: str | Path, overrides: list[str], *, name: str | None = Non
         raise err from None
     finally:
         torch.set_num_threads(threads)
-        if kept:
-            accel.keep_freed_memory(False)
 
 
 def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on_epoch) -> dict:
@@ -104,11 +101,16 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on
                   train_setup.normalize_note(rec)]
     _say_notes(ctx)
     accel.start_tracking(acc, rec, run_dir.root.name)
+    # CPU: +40-50% images/s; only around the models, so that neither the loading before nor the
+    # writing after (pandas, plots) sits on top of the heap the training steps left behind
+    kept = acc.device.type == "cpu" and accel.keep_freed_memory()
     try:
         with progress:
             preds = {m: train_fold(ctx, m, tr, va, seed) for m, (tr, va, seed) in models.items()}
     finally:
         accel.stop_tracking(acc)
+        if kept:
+            accel.keep_freed_memory(False)  # and give the kept heap back to the OS
     acc.wait_for_everyone()
     summary = None
     if acc.is_main_process:
@@ -136,7 +138,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     val_ids = [ctx.ids[i] for i in val_rows] if val_rows is not None else None
     if (fdir / "test.csv").exists() and (fdir / "done.json").exists():
         ctx.progress.advance(ctx.run_task, tr.epochs)
-        return runfiles.read_done(ctx, fdir, val_ids)
+        return runfiles.read_done(fdir, ctx.classes, val_ids, ctx.test_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun
     net = train_setup.build_model(ctx)
     _say_notes(ctx)  # what the pretrained file filled in (first model only)
@@ -149,7 +151,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     model, opt = acc.prepare(net, opt)
     if tr.compile:  # after DDP wraps the net: dynamo splits the graph at DDP's buckets (overlap)
         model = torch.compile(model)
-    start, best = runfiles.restore(ctx, fdir, net, opt, sched, ema)
+    start, best = runfiles.restore(fdir, net, opt, sched, ema, acc)
     eval_net = ema.module if ema is not None else net  # the weights evaluated and saved ...
     fwd = model if tr.compile and ema is None else eval_net  # ... run through
     crit = targets.criterion(ctx.task, tr.label_smoothing)
@@ -165,7 +167,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
         stats["images"] += n_img
         val = {"val_loss": None, "val_acc": None}
         if val_rows is not None:  # per-epoch curve + best checkpoint: one view, no TTA
-            p = predict(ctx, fwd, ctx.x, val_rows, ["orig"])
+            p = infer.predict(ctx, fwd, ctx.x, val_rows, ["orig"])
             runfiles.check_finite(fdir, p, None)  # diverged weights: fail before scoring/saving
             val = targets.val_scores(p, ctx.y_np[val_rows], ctx.task, ctx.metric, ctx.classes)
             score = targets.checkpoint_score(val, ctx.metric)  # lower is better
@@ -196,13 +198,14 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     if tr.checkpoint == "best" and best is not None:
         eval_net.load_state_dict(best["model"])
     views = rec.tta.views
-    val = predict(ctx, fwd, ctx.x, val_rows, views) if val_rows is not None else None
-    test = predict(ctx, fwd, ctx.test_x, np.arange(len(ctx.test_ids)), views)
+    val = infer.predict(ctx, fwd, ctx.x, val_rows, views) if val_rows is not None else None
+    test = infer.predict(ctx, fwd, ctx.test_x, np.arange(len(ctx.test_ids)), views)
     runfiles.check_finite(fdir, val, test)  # diverged weights: the fold is not done
     stats["images_per_s"] = round(stats["images"] / max(stats["train_s"], 1e-9), 1)
     stats["best_epoch"] = best["epoch"] if best and tr.checkpoint == "best" else None
     if acc.is_main_process:
-        runfiles.write_done(ctx, fdir, name, eval_net, val_ids, val, test, stats)
+        runfiles.write_done(fdir, eval_net, train_setup.model_config(ctx), ctx.classes,
+                            val_ids, val, ctx.test_ids, test, stats)
     acc.wait_for_everyone()
     acc.free_memory()
     return {"val_ids": val_ids, "val": val, "test": test, "stats": stats}
@@ -271,77 +274,11 @@ def _train_epoch(ctx: Ctx, name, model, net, ema, opt, sched, crit, rows, seed, 
     return float(tot[0] / tot[2]), float(tot[1] / tot[2]), int(tot[2]), seconds
 
 
-def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndarray:
-    """(len(rows), C) softmax probabilities of images x_all[rows], averaged over TTA views.
-
-    Every rank predicts a contiguous share (the last padded by repeating the final row), the
-    shares are gathered with gather_for_metrics together with their positions, and each
-    position is checked to be filled exactly once -- the caller keys rows by Id."""
-    import torch
-
-    from kaggle_kit import images
-
-    acc, n = ctx.acc, len(rows)
-    per = math.ceil(n / acc.num_processes)
-    mine = np.minimum(np.arange(acc.process_index * per, (acc.process_index + 1) * per), n - 1)
-    bs = max(256, ctx.rec.train.batch_size)
-    was_training = net.training
-    net.eval()
-    probs = []
-    batches = [rows[mine[i: i + bs]] for i in range(0, per, bs)]
-    xs = (x_all[torch.as_tensor(b, device=x_all.device)] for b in batches) \
-        if torch.is_tensor(x_all) else images.stream_batches(x_all, batches, acc.device)
-    with torch.no_grad():
-        for xb in xs:
-            probs.append(predict_batch(net, xb, ctx.mean, ctx.std, ctx.img_size,
-                                       ctx.rec.train.channels_last, views, ctx.task, acc.autocast))
-    net.train(was_training)
-    p = torch.cat(probs) if probs else torch.zeros((0, len(ctx.classes)), device=acc.device)
-    p, pos = acc.gather_for_metrics((p, torch.as_tensor(mine, device=acc.device)))
-    pos = pos.cpu().numpy()
-    out = np.zeros((n, p.shape[1]))
-    out[pos] = p.cpu().numpy()
-    if len(np.unique(pos)) != n:
-        raise RuntimeError(f"internal error: prediction covered {len(np.unique(pos))} of {n} rows")
-    return out
-
-
 # ----------------------------------------------------------------------------- pieces of a step
 
 
 def _to_input(ctx: Ctx, xb):
-    return to_input(xb, ctx.mean, ctx.std, ctx.img_size, ctx.rec.train.channels_last)
-
-
-def to_input(xb, mean, std, img_size: int, channels_last: bool):
-    """(B,H,W,3) uint8 -> (B,3,S,S) float normalised with mean/std (1,3,1,1); bilinear resize to
-    img_size when the cache holds another size (data.resize: device); channels_last if asked.
-    The one preprocessing of training, validation, test and benchmarks/tta_views.py."""
-    import torch
-
-    x = xb.permute(0, 3, 1, 2).float()  # NHWC storage viewed as NCHW = channels_last already
-    x = (x - mean) / std
-    if x.shape[-1] != img_size or x.shape[-2] != img_size:
-        x = torch.nn.functional.interpolate(x, size=(img_size, img_size),
-                                            mode="bilinear", align_corners=False)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.contiguous(memory_format=fmt)
-
-
-def predict_batch(net, xb, mean, std, img_size: int, channels_last: bool, views: list[str],
-                  task: str, autocast=contextlib.nullcontext):
-    """(B,C) probabilities (targets.probabilities of `task`) of a (B,H,W,3) uint8 batch on net's
-    device, averaged over the TTA `views`; the net runs under `autocast()` (the run's mixed
-    precision). The one test-time path: validation (OOF) and test.csv here, and `kit predict`
-    (predict.py). Call under no_grad."""
-    import torch
-
-    from kaggle_kit import augment
-
-    x = to_input(xb, mean, std, img_size, channels_last)
-    with autocast():
-        ps = [targets.probabilities(net(v).float(), task) for v in augment.tta_views(x, views)]
-    return torch.stack(ps).mean(0)
+    return infer.to_input(xb, ctx.mean, ctx.std, ctx.img_size, ctx.rec.train.channels_last)
 
 
 def _epoch_batches(ctx: Ctx, rows: np.ndarray, seed: int, name: str, epoch: int) -> list:

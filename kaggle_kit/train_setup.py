@@ -14,7 +14,8 @@ import numpy as np
 
 from kaggle_kit import KitError, metrics, targets
 from kaggle_kit import recipe as recipes
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.rundir import RunDir, model_competition
+from kaggle_kit.workspace import CompetitionDir
 
 # ----------------------------------------------------------------------------- checks
 
@@ -62,7 +63,7 @@ def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path
     if not path.is_file():
         raise KitError(f"model.pretrained_file: {given} not found; "
                        "download the weights file or set model.pretrained_file=null")
-    source = _trained_on(path)
+    source = model_competition(path)
     if source == comp.name:
         raise KitError(f"model.pretrained_file: {path} was trained on {comp.name} itself, so it has "
                        "seen every fold's validation images and the OOF scores would be leaked; "
@@ -76,22 +77,6 @@ def _run_path(given: str, runs_dir: Path) -> Path:
     return runs_dir / given if not path.exists() and (runs_dir / given).exists() else path
 
 
-def _trained_on(path: Path) -> str | None:
-    """The competition a kit model.pt was trained on: its config (kit >= 0.1 writes it) or,
-    for a fold / refit model inside a run folder, that run's summary.json."""
-    import torch
-
-    try:
-        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        name = (saved.get("config") or {}).get("competition") if isinstance(saved, dict) else None
-    except Exception:  # noqa: BLE001 - not a kit checkpoint (safetensors, foreign pickle)
-        name = None
-    run = RunDir(path.parent.parent)
-    if name is None and path.name == "model.pt" and run.summary_path.is_file():
-        name = run.summary().get("competition")
-    return name
-
-
 def normalize_note(rec: recipes.Recipe) -> str | None:
     """A warning for pretrained weights (hub or a foreign file) with data.normalize: dataset:
     such weights expect the mean/std they were trained with. Kit's own model.pt files (which
@@ -99,7 +84,7 @@ def normalize_note(rec: recipes.Recipe) -> str | None:
     m = rec.model
     if rec.data.normalize != "dataset" or not (m.pretrained or m.pretrained_file):
         return None
-    if m.pretrained_file and Path(m.pretrained_file).name == "model.pt" and _trained_on(
+    if m.pretrained_file and Path(m.pretrained_file).name == "model.pt" and model_competition(
             Path(m.pretrained_file)):
         return None
     return ("data.normalize: dataset with pretrained weights: the weights expect their own "
@@ -273,7 +258,9 @@ def _norm_stats(rec: recipes.Recipe, x, hist: np.ndarray | None = None) -> tuple
 
     Dataset stats use every train image (pixels only, no labels), so all folds share them. `hist`
     ((3,256) value counts recorded at cache build) gives the same sums without reading x: the sums
-    are integers below 2**53, exact in float64 in any order."""
+    are integers below 2**53, exact in float64 in any order. Without it the values of x are
+    counted the same way, a uint8 chunk at a time (a float64 copy of a chunk was 8x its size:
+    ~0.8 GB transient at 128 px, kept in the heap under accel.keep_freed_memory)."""
     if rec.data.normalize == "model":  # what the pretrained weights expect (ImageNet default)
         import timm
 
@@ -283,14 +270,15 @@ def _norm_stats(rec: recipes.Recipe, x, hist: np.ndarray | None = None) -> tuple
         mean = cfg.mean if cfg and cfg.mean else timm.data.IMAGENET_DEFAULT_MEAN
         std = cfg.std if cfg and cfg.std else timm.data.IMAGENET_DEFAULT_STD
         return np.array(mean) * 255, np.array(std) * 255
-    if hist is not None:
-        v = np.arange(256, dtype=np.int64)
-        s1, s2, n = (hist @ v).astype(np.float64), (hist @ (v * v)).astype(np.float64), int(hist[0].sum())
-    else:
-        s1, s2, n = np.zeros(3), np.zeros(3), 0
-        for i in range(0, len(x), 1024):
-            chunk = x[i: i + 1024].reshape(-1, 3).astype(np.float64)
-            s1, s2, n = s1 + chunk.sum(0), s2 + (chunk**2).sum(0), n + len(chunk)
+    if hist is None:  # a subset of the cache: count its values, 64 MB of uint8 rows at a time
+        from kaggle_kit.cache import value_histogram
+
+        hist = np.zeros((3, 256), np.int64)
+        step = max(1, (64 << 20) // max(1, int(np.prod(x.shape[1:]))))
+        for i in range(0, len(x), step):
+            hist += value_histogram(x[i: i + step])
+    v = np.arange(256, dtype=np.int64)
+    s1, s2, n = (hist @ v).astype(np.float64), (hist @ (v * v)).astype(np.float64), int(hist[0].sum())
     mean = s1 / max(n, 1)
     return mean, np.sqrt(np.maximum(s2 / max(n, 1) - mean**2, 1e-6))
 
@@ -317,6 +305,14 @@ def model_plan(rec: recipes.Recipe, ctx: Ctx) -> dict[str, tuple]:
 
 
 # ----------------------------------------------------------------------------- model + optimizer
+
+
+def model_config(ctx: Ctx) -> dict:
+    """What a saved model.pt needs besides its weights to be used (`kit predict`, pretraining):
+    the model section, competition, classes, img_size, and the mean / std it was trained with."""
+    return {"model": ctx.rec.model.model_dump(), "competition": ctx.comp.name,
+            "classes": ctx.classes, "img_size": ctx.img_size,
+            "mean": ctx.mean.flatten().tolist(), "std": ctx.std.flatten().tolist()}
 
 
 def build_model(ctx: Ctx):

@@ -1,8 +1,8 @@
 """The on-disk contract between commands (see docs/design.md section 1).
 
-This module is the only reader/writer of `competition.json`, `folds.csv`, and a run's
-`oof.csv` / `test.csv` / `summary.json` / `provenance.json` / `recipe.yaml`. Every write is
-atomic (temp file + rename) so a killed command never leaves a half-written artefact.
+This module is the only reader/writer of `competition.json` and `folds.csv`, and holds the atomic
+writers every module uses (temp file + rename, so a killed command never leaves a half-written
+artefact). A run folder's files are read and written by rundir.py and runfiles.py only.
 
 Ids are always strings (read with dtype=str) and are joined, never matched by position.
 Probability columns are named by class name, never by index.
@@ -316,19 +316,6 @@ def check_run_name(name: str, option: str = "--name") -> str:
     return name
 
 
-def run_kind(root: Path) -> str | None:
-    """Which command made the folder `root`: "train" (recipe.yaml, or summary.json kind train),
-    "blend" (summary.json kind blend), or None (absent, empty, or not a kit run folder)."""
-    root = Path(root)
-    summary = root / "summary.json"
-    if summary.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            kind = json.loads(summary.read_text()).get("kind")
-            if kind in ("train", "blend"):
-                return kind
-    return "train" if (root / "recipe.yaml").is_file() else None
-
-
 def disk_full(e: BaseException, where: Path | str, doing: str) -> KitError | None:
     """A one-line KitError for an OSError ENOSPC anywhere in `e`'s chain, else None."""
     while e is not None:
@@ -337,77 +324,3 @@ def disk_full(e: BaseException, where: Path | str, doing: str) -> KitError | Non
                             "(finished files are kept; half-written ones were discarded)")
         e = e.__cause__ or e.__context__
     return None
-
-
-def _prob_frame(path: Path, classes: list[str] | None, extra: tuple[str, ...]) -> pd.DataFrame:
-    if not path.exists():
-        raise KitError(f"{path}: not found; is this a finished run (kit train / kit blend)?")
-    df = pd.read_csv(path, dtype={"Id": str})
-    if "Id" not in df.columns:
-        raise KitError(f"{path}: no 'Id' column")
-    if df["Id"].duplicated().any():
-        dup = df.loc[df["Id"].duplicated(), "Id"].iloc[0]
-        raise KitError(f"{path}: Id {dup} appears more than once")
-    prob_cols = [c for c in df.columns if c not in ("Id", *extra)]
-    if classes is not None and sorted(prob_cols) != sorted(classes):
-        missing = sorted(set(classes) - set(prob_cols))
-        unknown = sorted(set(prob_cols) - set(classes))
-        raise KitError(f"{path}: class columns differ from the competition's: "
-                       f"missing {missing}, unknown {unknown}")
-    cols = list(classes) if classes is not None else prob_cols
-    return df[["Id", *extra, *cols]].set_index("Id")
-
-
-@dataclass(frozen=True)
-class RunDir:
-    """`runs/<run>/` as written by `kit train` and `kit blend` (same shape for both)."""
-
-    root: Path
-
-    @property
-    def name(self) -> str:
-        return self.root.name
-
-    recipe_path = property(lambda self: self.root / "recipe.yaml")
-    provenance_path = property(lambda self: self.root / "provenance.json")
-    oof_path = property(lambda self: self.root / "oof.csv")
-    test_path = property(lambda self: self.root / "test.csv")
-    summary_path = property(lambda self: self.root / "summary.json")
-    confusion_png = property(lambda self: self.root / "confusion.png")
-    curves_png = property(lambda self: self.root / "curves.png")
-
-    def fold_dir(self, k: int | str) -> Path:
-        """Per-fold folder (`fold0`, ..., or `refit0`): checkpoints, metrics.jsonl, resume state."""
-        name = k if isinstance(k, str) else f"fold{k}"
-        return self.root / name
-
-    def write_oof(self, oof: pd.DataFrame, classes: list[str]) -> None:
-        """oof: index Id, columns fold + one probability column per class."""
-        df = oof.reset_index()[["Id", "fold", *classes]]
-        if df["Id"].duplicated().any():
-            raise KitError(f"{self.oof_path}: refusing to write duplicate Ids")
-        write_csv(self.oof_path, df)
-
-    def write_test(self, test: pd.DataFrame, classes: list[str]) -> None:
-        """test: index Id, one probability column per class."""
-        write_csv(self.test_path, test.reset_index()[["Id", *classes]])
-
-    def read_oof(self, classes: list[str] | None = None) -> pd.DataFrame:
-        """oof.csv indexed by Id: column `fold` then class columns (in `classes` order if given)."""
-        return _prob_frame(self.oof_path, classes, ("fold",))
-
-    def read_test(self, classes: list[str] | None = None) -> pd.DataFrame:
-        """test.csv indexed by Id: class columns (in `classes` order if given)."""
-        return _prob_frame(self.test_path, classes, ())
-
-    def summary(self) -> dict:
-        return read_json(self.summary_path)
-
-    def write_summary(self, summary: dict) -> None:
-        write_json(self.summary_path, summary)
-
-    def provenance(self) -> dict:
-        return read_json(self.provenance_path)
-
-    def write_provenance(self, prov: dict) -> None:
-        write_json(self.provenance_path, prov)

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit.metrics import oof_scores
-from kaggle_kit.workspace import CompetitionDir, RunDir, sha256_file, write_csv, write_json
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv, write_json
 
 ANIMALS = ["bear", "dolphin", "eagle", "leopard", "shark"]
 

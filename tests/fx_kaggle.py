@@ -10,14 +10,18 @@ tiny hand-written competition + run for submission tests.
   it (KAGGLE_API_ENVIRONMENT=LOCALHOST, KAGGLE_USERNAME, KAGGLE_KEY, HOME -> empty tmp dir,
   HTTP_PROXY only in proxy mode).
 - `no_kaggle_creds`: HOME -> empty tmp dir, every KAGGLE_* credential variable unset.
+- `CONFIG_DIR`: KAGGLE_CONFIG_DIR for the whole session (where the client reads kaggle.json),
+  emptied before each test that uses a fixture above.
 - `tiny_comp` / `tiny_run`: data/tiny/ (competition.json + sample_submission.csv) and runs/tiny-run/
   (summary.json + test.csv) written by hand in tmp_path.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,14 +29,25 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_kit.workspace import CompetitionDir, RunDir, write_json
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, write_json
 from tests.kaggle_double import KaggleDouble, PortBusy
 
 TEST_USER = "kit-test-user"
 TEST_KEY = "kt-0123456789abcdef-SECRET-KEY"  # tests assert this string is never printed
 PROXY_VARS = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy")
-CRED_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR",
-             "KAGGLE_API_ENVIRONMENT", "KAGGLE_USER", "KAGGLE_API_V1_TOKEN", "XDG_CONFIG_HOME")
+CRED_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_USER",
+             "KAGGLE_API_V1_TOKEN", "KAGGLE_KERNEL_RUN_TYPE", "KAGGLE_DATA_PROXY_URL",
+             "XDG_CONFIG_HOME")
+
+# KaggleApi reads KAGGLE_API_ENVIRONMENT and KAGGLE_CONFIG_DIR once, when `kaggle` is first
+# imported, and kaggle_io never sets them on the client: fix both for the whole session before
+# any test imports it. LOCALHOST: no test can reach the real Kaggle; CONFIG_DIR: a developer's
+# own ~/.kaggle/kaggle.json never leaks into a test (tests write theirs here).
+CONFIG_DIR = Path(tempfile.mkdtemp(prefix="kit-kaggle-config-"))
+atexit.register(shutil.rmtree, CONFIG_DIR, True)
+os.environ["KAGGLE_API_ENVIRONMENT"] = "LOCALHOST"
+os.environ["KAGGLE_CONFIG_DIR"] = str(CONFIG_DIR)
 
 TINY_CLASSES = ["cat", "dog", "fox"]
 TINY_IDS = [str(i) for i in (3, 10, 7, 1, 22, 5)]  # not sorted: order comes from the sample
@@ -142,6 +157,9 @@ def kaggle_server(kaggle_files):
 def _clean_env(monkeypatch, home: Path) -> None:
     for var in CRED_VARS:
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(CONFIG_DIR))
+    for leftover in CONFIG_DIR.iterdir():  # another test's kaggle.json
+        leftover.unlink()
     home.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("HOME", str(home))
 
@@ -185,6 +203,6 @@ def tiny_run(tmp_path, tiny_comp) -> RunDir:
     return write_tiny_run(tmp_path / "runs")
 
 
-__all__ = ["kaggle_files", "kaggle_server", "kaggle_double", "no_kaggle_creds", "tiny_comp", "tiny_run",
+__all__ = ["CONFIG_DIR", "kaggle_files", "kaggle_server", "kaggle_double", "no_kaggle_creds", "tiny_comp", "tiny_run",
            "TEST_USER", "TEST_KEY", "TINY_CLASSES", "TINY_IDS", "TINY_SOLUTION",
            "write_tiny_comp", "write_tiny_run", "write_tiny_zip"]

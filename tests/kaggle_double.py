@@ -3,8 +3,16 @@
 
 With KAGGLE_API_ENVIRONMENT=LOCALHOST, kaggle 2.2.5 / kagglesdk send
 `POST http://localhost/api/v1/competitions.CompetitionApiService/<Method>` (port 80) with a JSON
-body (camelCase field names) and HTTP basic auth KAGGLE_USERNAME:KAGGLE_KEY. Error responses are
+body (camelCase field names) and either HTTP basic auth KAGGLE_USERNAME:KAGGLE_KEY or
+`Authorization: Bearer <access token>`; anything else is answered 401. Error responses are
 JSON {"code": <status>, "message": ...}; the client raises requests.HTTPError(message).
+
+Tokens (`issue_token()` -> an access token; `refresh_tokens` for `kaggle auth login`'s
+credentials.json), served without auth like Kaggle's:
+  security.OAuthService/IntrospectToken  {token} -> {"active", "username"}  (the client checks an
+                      access token from KAGGLE_API_TOKEN / ~/.kaggle/access_token this way)
+  users.AccountService/GenerateAccessToken {refreshToken, ...} -> {"token", "expiresIn",
+                      "userName"} (401 for an unknown refresh token)
 
   ListDataFiles       {competitionName, pageSize, pageToken} -> {"files": [{"ref", "name",
                       "totalBytes", "creationDate"}], "nextPageToken"}  (the zip's entries)
@@ -22,7 +30,8 @@ Competitions are `<comp>.zip` files in a folder; `<comp>.solution.csv` (Id,<labe
 present, scores submissions (accuracy); else they end in ERROR "no solution". A submission stays
 PENDING for `score_after_polls` ListSubmissions calls (None: until `finish_scoring()`).
 Faults: `fail_next(status, ...)`, `rules_not_accepted.add(comp)`, `cut_downloads(n)`,
-`daily_limit`. Counters: `uploads`, `calls`, `downloads`.
+`stall_downloads()` + `release()`,
+`daily_limit`. Counters: `uploads`, `calls`, `downloads`, `auths`.
 
 Port 80 needs root and is shared by everything on the machine: `start(fallback=True)` then binds a
 free port and serves as the HTTP proxy for http://localhost instead (HTTP_PROXY=`self.proxy`).
@@ -52,6 +61,8 @@ from urllib.parse import urlsplit
 import pandas as pd
 
 API = "/api/v1/competitions.CompetitionApiService/"
+TOKEN_API = ("/api/v1/security.OAuthService/IntrospectToken",
+             "/api/v1/users.AccountService/GenerateAccessToken")
 RULES_MESSAGE = "You must accept this competition's rules before you'll be able to download files."
 LIMIT_MESSAGE = ("Submission not allowed: Your team has used its daily Submission allowance ({n}) "
                  "today, please try again tomorrow UTC ({hours:.1f} hours from now).")
@@ -84,12 +95,18 @@ class KaggleDouble:
             self.faults: list[dict] = []
             self.rules_not_accepted: set[str] = set()
             self.cuts_left = 0
+            self.stall_fraction: float | None = None
+            self.released = getattr(self, "released", None) or threading.Event()
+            self.released.set()
             self.cut_fraction = 0.5
             self.daily_limit: int | None = None
             self.score_after_polls: int | None = 1
             self.submissions: list[dict] = []
             self.blobs: dict[str, bytes] = {}
             self.uploads = 0  # PUTs received
+            self.access_tokens: set[str] = set()  # accepted as `Authorization: Bearer <token>`
+            self.refresh_tokens: set[str] = set()  # GenerateAccessToken turns these into access tokens
+            self.auths: list[str] = []  # "basic" | "bearer" | "none" | "bad", per API call
             self.calls: list[str] = []  # API method names, in order
             self.downloads: list[dict] = []  # {"file", "range", "status", "sent"} per GET
             self._refs = itertools.count(1001)
@@ -102,6 +119,23 @@ class KaggleDouble:
         with self.lock:
             self.faults.append({"status": status, "message": msg, "method": method,
                                 "times": times, "retry_after": retry_after})
+
+    def issue_token(self) -> str:
+        """A new access token for `self.username` (as Kaggle's settings page or a notebook gives)."""
+        token = "KGAT_" + secrets.token_hex(16)
+        with self.lock:
+            self.access_tokens.add(token)
+        return token
+
+    def stall_downloads(self, fraction: float = 0.5) -> None:
+        """The next file download sends `fraction` of its bytes, then holds the connection open
+        until `release()` (a download killed mid-way: the test kills the client)."""
+        with self.lock:
+            self.stall_fraction = fraction
+            self.released.clear()
+
+    def release(self) -> None:
+        self.released.set()
 
     def cut_downloads(self, n: int = 1, fraction: float = 0.5) -> None:
         """The next `n` file downloads send `fraction` of the bytes they promise, then hang up."""
@@ -249,14 +283,34 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"code": status, "message": message},
                    {"Retry-After": retry_after} if retry_after else None)
 
-    def _authorized(self) -> bool:
+    def _auth_kind(self) -> str:
+        """"basic" (the right username:key), "bearer" (a token issued here), "none" or "bad"."""
         auth = self.headers.get("Authorization", "")
         want = base64.b64encode(f"{self.double.username}:{self.double.key}".encode()).decode()
-        return auth == f"Basic {want}"
+        if auth == f"Basic {want}":
+            return "basic"
+        if auth.startswith("Bearer ") and auth[7:] in self.double.access_tokens:
+            return "bearer"
+        return "bad" if auth else "none"
+
+    def _token_api(self, path: str, req: dict) -> None:
+        """IntrospectToken / GenerateAccessToken (no auth needed, as on Kaggle)."""
+        d = self.double
+        if path.endswith("IntrospectToken"):
+            active = req.get("token") in d.access_tokens
+            return self._json(200, {"active": active} | ({"username": d.username} if active else {}))
+        if req.get("refreshToken") not in d.refresh_tokens:
+            return self._error(401, "Unauthenticated: invalid refresh token")
+        token = d.issue_token()
+        self._json(200, {"token": token, "expiresIn": 43200, "userName": d.username})
 
     # ------------------------------------------------------------------ API (POST)
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
         body = self._body()
+        if self.path.split("?")[0] in TOKEN_API:
+            with self.double.lock:
+                self.double.calls.append(self.path.rsplit("/", 1)[-1])
+            return self._token_api(self.path, json.loads(body or b"{}"))
         if not self.path.startswith(API):
             return self._error(404, f"unknown endpoint {self.path}")
         method = self.path[len(API):].split("?")[0]
@@ -266,8 +320,11 @@ class _Handler(BaseHTTPRequestHandler):
             req = json.loads(body or b"{}")
         except json.JSONDecodeError:
             return self._error(400, "request body is not JSON")
-        if not self._authorized():
-            return self._error(401, "Unauthenticated: invalid username or key")
+        auth = self._auth_kind()
+        with self.double.lock:
+            self.double.auths.append(auth)
+        if auth not in ("basic", "bearer"):
+            return self._error(401, "Unauthenticated: invalid username, key or token")
         fault = self.double._take_fault(method)
         if fault:
             return self._error(fault["status"], fault["message"], fault["retry_after"])
@@ -363,6 +420,9 @@ class _Handler(BaseHTTPRequestHandler):
             cut = self.double.cuts_left > 0
             self.double.cuts_left -= cut
             fraction = self.double.cut_fraction
+            stall, self.double.stall_fraction = self.double.stall_fraction, None
+            if stall is not None:
+                cut, fraction = True, stall
         self.send_response(206 if start else 200)
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(size - start))
@@ -374,6 +434,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         limit = start + int((size - start) * fraction) if cut else size
         sent = self._send_file(path, start, limit)
+        if stall is not None:
+            self.wfile.flush()
+            self.double.released.wait(60)
         with self.double.lock:
             self.double.downloads.append({"file": path.name, "range": rng or None,
                                           "if_range": self.headers.get("If-Range"),
@@ -408,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"local Kaggle API double for {d.url} on port {d._httpd.server_address[1]} serving "
           f"{comps}; in another shell:\n  export KAGGLE_API_ENVIRONMENT=LOCALHOST "
           f"KAGGLE_USERNAME={d.username} KAGGLE_KEY={d.key}{proxy}\n"
+          f"  (or, for a token: KAGGLE_API_TOKEN={d.issue_token()} instead of the two)\n"
           f"  kit fetch {comps[0] if comps else '<comp>'}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         while True:

@@ -9,8 +9,9 @@ import pytest
 from kaggle_kit import KitError
 from kaggle_kit.blend import blend
 from kaggle_kit.blenders import GreedyBlender, MeanBlender, StackBlender, WeightedBlender, evaluate
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.submission import validate_submission
-from kaggle_kit.workspace import RunDir, write_csv
+from kaggle_kit.workspace import write_csv
 from tests.fx_blend import make_comp, make_run, member_probs, write_json_key
 
 

@@ -75,3 +75,39 @@ def test_estimate_on_too_few_images_per_class_says_what_to_do(tmp_path):
         estimate(REPO / "recipes" / "demo.yaml", [f"competition={slug}", *TINY], data_dir=data,
                  runs_dir=tmp_path / "runs")
     assert not (data / f"_{slug}-ho3_src").exists() and not (tmp_path / "runs").exists()
+
+
+def test_blend_scores_the_same_blend_of_the_members_estimate_runs_on_the_held_out_fold(tmp_path):
+    from kaggle_kit import honest
+    from kaggle_kit.blend import blend
+    from kaggle_kit.train import run
+
+    data, runs, subs = tmp_path / "data", tmp_path / "runs", tmp_path / "subs"
+    fetch("demo", data_dir=data)
+    recipe = REPO / "recipes" / "demo.yaml"
+    common = ["train.epochs=1", "data.image_size=16", "cv.folds=[0,1]", "cv.refit=false",
+              "cv.test_from=folds"]
+    members = {"a": [*common, "seed=1"], "b": [*common, "seed=2", "train.lr=0.2"]}
+    for name, over in members.items():
+        run(recipe, over, name=name, runs_dir=runs, data_dir=data)
+    text = blend([runs / "a", runs / "b"], method="mean", name="before", runs_dir=runs,
+                 data_dir=data, submissions_dir=subs)
+    assert "no holdout estimate of the blend: run kit estimate" in text
+    for name, over in members.items():
+        estimate(recipe, over, holdout_fold=2, name=name, runs_dir=runs, data_dir=data)
+
+    text = blend([runs / "a", runs / "b"], method="mean", name="bl", runs_dir=runs, data_dir=data,
+                 submissions_dir=subs)
+    summary = json.loads((runs / "bl" / "summary.json").read_text())
+    [est] = summary["estimates"]
+    # computed independently: the mean of the two estimate runs' test.csv on fold 2's labels
+    held = CompetitionDir.open(data, "demo").folds().query("fold == 2").set_index("Id")["label"]
+    tests = [pd.read_csv(runs / f"{m}-ho2" / "test.csv", dtype={"Id": str}).set_index("Id")
+             for m in members]
+    mean = (tests[0] + tests[1]) / 2
+    pred = mean.loc[held.index].to_numpy().argmax(1)
+    truth = np.array([list(mean.columns).index(v) for v in held])
+    assert est["holdout"]["accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-6)
+    assert est["holdout_fold"] == 2 and est["method"] == "mean"
+    assert f"holdout estimate {est['holdout']['accuracy']:.4f} (fold 2 held out" in text
+    assert honest.find_estimates(runs / "bl") == summary["estimates"]  # what kit submit shows

@@ -12,8 +12,9 @@ import pytest
 from kaggle_kit import honest, recipe, show
 from kaggle_kit.blend import blend
 from kaggle_kit.ledger import LEDGER_COLUMNS, read_ledger
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.submit import show_ledger, submit
-from kaggle_kit.workspace import RunDir, write_json, write_text
+from kaggle_kit.workspace import write_json, write_text
 from tests.conftest import REPO
 from tests.fx_blend import make_comp, make_run, write_json_key
 

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +16,7 @@ import pytest
 
 from kaggle_kit import KitError, kaggle_io
 from tests.conftest import REPO, SHARED_COMPS, requires_shared
-from tests.fx_kaggle import TEST_KEY, TEST_USER
+from tests.fx_kaggle import CONFIG_DIR, TEST_KEY, TEST_USER
 from tests.kaggle_double import KaggleDouble
 
 
@@ -44,34 +45,53 @@ def test_download_shared_competition(kaggle_double, tmp_path):
     assert sha(path) == sha(SHARED_COMPS / "animals15.zip")
 
 
-def test_cut_download_fails_cleanly_then_rerun_resumes(kaggle_double, tmp_path):
+def test_killed_download_is_never_the_final_file_and_rerun_resumes(kaggle_double, tmp_path):
+    """A download killed mid-way (the double holds the connection after half the bytes; the
+    process is killed) leaves only the partial in the staging folder; a rerun asks for the
+    missing bytes only (Range, If-Range = the ETag seen before)."""
     dest = tmp_path / "dl"
-    kaggle_double.cut_downloads(1, fraction=0.5)
-    with pytest.raises(KitError, match=r"connection to Kaggle dropped .*rerun the same command"):
-        kaggle_io.download_competition("tiny", dest, retries=0)
-    assert not (dest / "tiny.zip").exists()  # the partial is never the final file
     size = (kaggle_double.folder / "tiny.zip").stat().st_size
-    assert kaggle_double.downloads[0]["sent"] == size // 2
-
-    partial = (dest / ".tiny.download" / "tiny.zip").stat().st_size
+    kaggle_double.stall_downloads(0.5)
+    code = ("import sys; from pathlib import Path; from kaggle_kit import kaggle_io\n"
+            "kaggle_io.download_competition('tiny', Path(sys.argv[1]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(dest)], cwd=REPO, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial_path = dest / ".tiny.download" / "tiny.zip"
+    try:
+        for _ in range(600):  # until the client wrote its first 1 MiB chunk (or 60 s)
+            if partial_path.exists() and partial_path.stat().st_size > 0 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+        kaggle_double.release()
+    assert not (dest / "tiny.zip").exists()  # the partial is never the final file
+    partial = partial_path.stat().st_size
     assert 0 < partial < size
 
     path = kaggle_io.download_competition("tiny", dest, retries=0)
     assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
-    # the API call's redirect opens the file once more (its body unread); then the client asks
-    # for the missing bytes only, with If-Range = the ETag it saw before the cut. The two
-    # requests may finish in either order on a busy machine: pick the ranged one by its header.
-    ranged = [d for d in kaggle_double.downloads[1:] if d["range"]]
+    ranged = [d for d in kaggle_double.downloads if d["range"]]  # finishing order varies
     assert len(ranged) == 1, kaggle_double.downloads
     resumed = ranged[0]
     assert resumed["status"] == 206 and resumed["range"] == f"bytes={partial}-"
+    assert resumed["if_range"] == kaggle_double.etag(kaggle_double.folder / "tiny.zip")
     assert resumed["sent"] == size - partial
     assert sorted(p.name for p in dest.iterdir()) == ["tiny.zip"]
 
 
+def test_server_error_on_the_api_call_is_retried(kaggle_double, tmp_path):
+    """The client does not retry its DownloadDataFiles call itself; kit calls it again."""
+    kaggle_double.fail_next(503, method="DownloadDataFiles")
+    path = kaggle_io.download_competition("tiny", tmp_path, retries=1, backoff_s=0.0)
+    assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
+    assert kaggle_double.calls.count("DownloadDataFiles") == 2
+
+
 def test_cut_download_recovers_within_one_call(kaggle_double, tmp_path):
     kaggle_double.cut_downloads(1)
-    path = kaggle_io.download_competition("tiny", tmp_path, retries=1)  # client retries once (~2 s)
+    path = kaggle_io.download_competition("tiny", tmp_path)  # the client retries once (~2 s)
     assert sha(path) == sha(kaggle_double.folder / "tiny.zip")
 
 
@@ -111,16 +131,97 @@ def test_no_credentials_names_both_ways(no_kaggle_creds, tmp_path):
         assert "KAGGLE_USERNAME" in msg and "KAGGLE_KEY" in msg and "~/.kaggle/kaggle.json" in msg
 
 
-def test_credentials_from_kaggle_json(kaggle_double, tmp_path, monkeypatch):
-    home = Path(os.environ["HOME"])
+CREDENTIAL_FORMS = ["env key", "kaggle.json", "token env", "token env file", "access_token file",
+                    "notebook token", "kaggle auth login"]
+
+
+def _give_credentials(form: str, double: KaggleDouble, monkeypatch) -> str:
+    """Set up one credential form the client accepts (and nothing else); return its secret."""
+    home, token = Path(os.environ["HOME"]), double.issue_token()
     (home / ".kaggle").mkdir(parents=True, exist_ok=True)
-    (home / ".kaggle" / "kaggle.json").write_text(f'{{"username": "{TEST_USER}", "key": "{TEST_KEY}"}}')
-    (home / ".kaggle" / "kaggle.json").chmod(0o600)
+    if form != "env key":
+        monkeypatch.delenv("KAGGLE_USERNAME")
+        monkeypatch.delenv("KAGGLE_KEY")
+    if form == "env key":
+        return TEST_KEY
+    if form == "kaggle.json":  # where the client looks: KAGGLE_CONFIG_DIR (else ~/.kaggle)
+        (CONFIG_DIR / "kaggle.json").write_text(json.dumps({"username": TEST_USER, "key": TEST_KEY}))
+        (CONFIG_DIR / "kaggle.json").chmod(0o600)
+        return TEST_KEY
+    if form == "token env":
+        monkeypatch.setenv("KAGGLE_API_TOKEN", token)
+    elif form == "token env file":
+        (home / "token.txt").write_text(token + "\n")
+        monkeypatch.setenv("KAGGLE_API_TOKEN", str(home / "token.txt"))
+    elif form == "access_token file":
+        (home / ".kaggle" / "access_token").write_text(token)
+    elif form == "notebook token":  # what a Kaggle notebook sets
+        (home / "v1_token").write_text(token)
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+        monkeypatch.setenv("KAGGLE_DATA_PROXY_URL", "http://localhost/proxy")
+        monkeypatch.setenv("KAGGLE_API_V1_TOKEN", str(home / "v1_token"))
+    else:  # `kaggle auth login`: a refresh token, an expired access token
+        token = "refresh-" + token
+        double.refresh_tokens.add(token)
+        (home / ".kaggle" / "credentials.json").write_text(json.dumps(
+            {"refresh_token": token, "access_token": "old", "username": TEST_USER,
+             "access_token_expiration": "2020-01-01T00:00:00+00:00", "scopes": []}))
+    return token
+
+
+@pytest.mark.parametrize("form", CREDENTIAL_FORMS)
+def test_every_credential_form_the_client_accepts_reaches_the_server(kaggle_double, monkeypatch,
+                                                                     tmp_path, form):
+    """Each form passes kit's own check and reaches the double as the auth it stands for (the
+    double answers 401 to anything else), and its secret is scrubbed from kit's messages."""
+    secret = _give_credentials(form, kaggle_double, monkeypatch)
+    assert kaggle_io.list_submissions("tiny") == []
+    assert kaggle_double.auths == ["basic" if form in ("env key", "kaggle.json") else "bearer"]
+    kaggle_double.fail_next(500, f"echo {secret}")
+    with pytest.raises(KitError) as e:
+        kaggle_io.list_submissions("tiny")
+    assert "500" in str(e.value) and secret not in str(e.value)
+
+
+def test_unknown_bearer_token_is_401(kaggle_double, monkeypatch):
+    """A token the server never issued (credentials.json's unexpired access token is used as is)."""
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
-    assert kaggle_io.download_competition("tiny", tmp_path).exists()
+    (Path(os.environ["HOME"]) / ".kaggle").mkdir()
+    (Path(os.environ["HOME"]) / ".kaggle" / "credentials.json").write_text(json.dumps(
+        {"refresh_token": "r-unknown", "access_token": "a-unknown", "username": TEST_USER,
+         "access_token_expiration": "2099-01-01T00:00:00+00:00", "scopes": []}))
+    with pytest.raises(KitError, match=r"rejected your credentials \(401"):
+        kaggle_io.list_submissions("tiny")
+    assert kaggle_double.auths == ["bad"]
 
 
+def test_kaggle_json_in_home_by_a_fresh_process(kaggle_double, tmp_path):
+    """The usual setup: ~/.kaggle/kaggle.json, no variables; the client, first imported in a
+    fresh process, finds it there (KAGGLE_CONFIG_DIR unset)."""
+    home = Path(os.environ["HOME"])
+    (home / ".kaggle").mkdir(parents=True, exist_ok=True)
+    (home / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": TEST_USER, "key": TEST_KEY}))
+    (home / ".kaggle" / "kaggle.json").chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR")}
+    code = "from kaggle_kit import kaggle_io; print(kaggle_io.list_submissions('tiny'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+    assert kaggle_double.auths == ["basic"]
+
+
+def test_invalid_token_is_one_line(kaggle_double, monkeypatch):
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_never-issued")
+    with pytest.raises(KitError, match=r"credentials incomplete, unreadable or expired: run `kaggle"):
+        kaggle_io.list_submissions("tiny")
+    assert kaggle_double.calls == ["IntrospectToken"]
+
+
+@pytest.mark.slow  # the client retries a failed write 5 times itself (2+4+8+16+32 s)
 def test_disk_full_is_named(kaggle_double, tmp_path):
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full absent: cannot make a real ENOSPC")
@@ -169,9 +270,9 @@ def test_kit_fetch_errors_one_line_and_key_never_printed(kaggle_double, tmp_path
 
 def test_key_never_printed_in_a_traceback(kaggle_double, tmp_path):
     """Even uncaught (a traceback with the exception chain) after a cut download."""
-    kaggle_double.cut_downloads(9)
+    kaggle_double.fail_next(503, times=9)
     code = ("import sys; from pathlib import Path; from kaggle_kit import kaggle_io\n"
-            "kaggle_io.download_competition('tiny', Path(sys.argv[1]), retries=1)")
+            "kaggle_io.download_competition('tiny', Path(sys.argv[1]), retries=1, backoff_s=0)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                          text=True, cwd=REPO, env=os.environ.copy(), timeout=120)
     assert out.returncode != 0 and "Traceback" in out.stderr and "KitError" in out.stderr
@@ -205,7 +306,7 @@ def test_kit_fetch_then_submit_through_the_double(kaggle_double, tmp_path):
     assert len(kaggle_double.downloads) == n_downloads  # verified, nothing downloaded again
 
     from kaggle_kit.demo_data import demo_solution
-    from kaggle_kit.workspace import RunDir
+    from kaggle_kit.rundir import RunDir
 
     sol = demo_solution()
     run = RunDir(tmp_path / "runs" / "oracle")

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from kaggle_kit import __version__
 from kaggle_kit.cli import app
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir
 from tests import fx_comps
 from tests.conftest import REPO
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from kaggle_kit import KitError
-from kaggle_kit.workspace import CompetitionDir, RunDir, check_run_name
+from kaggle_kit.rundir import RunDir
+from kaggle_kit.workspace import CompetitionDir, check_run_name
 
 QUICK = ["cv.folds=[0]", "train.epochs=1"]  # one fold, one epoch: a few seconds
 
@@ -348,8 +349,7 @@ def test_kaggle_json_readable_by_others_warning_passed_on(kaggle_double, tmp_pat
     from kaggle_kit import kaggle_io
     from tests.fx_kaggle import TEST_KEY, TEST_USER
 
-    cfg = Path(os.environ["HOME"]) / ".kaggle"
-    cfg.mkdir(parents=True, exist_ok=True)
+    cfg = Path(os.environ["KAGGLE_CONFIG_DIR"])  # the client's, fixed when it was first imported
     (cfg / "kaggle.json").write_text(json.dumps({"username": TEST_USER, "key": TEST_KEY}))
     (cfg / "kaggle.json").chmod(0o644)
     monkeypatch.delenv("KAGGLE_USERNAME")

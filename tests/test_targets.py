@@ -11,8 +11,9 @@ import pytest
 from kaggle_kit import KitError, metrics
 from kaggle_kit.blend import blend
 from kaggle_kit.report import report
+from kaggle_kit.rundir import RunDir
 from kaggle_kit.submission import SUBMIT_CLIP, build_submission, validate_submission
-from kaggle_kit.workspace import CompetitionDir, RunDir
+from kaggle_kit.workspace import CompetitionDir
 from tests.conftest import REPO
 from tests.fx_blend import make_run, member_probs
 from tests.fx_targets import make_target_comp
