@@ -62,6 +62,7 @@ def test_norm_and_linear_blend_by_hand():
     assert q[0, 0] < 1.0 and q[0, 1] > 0.0 and q[0, 2] == 0.6
     np.testing.assert_allclose(_linear([m, m * 0.5], np.array([0.5, 0.5]), "multilabel"),
                                [[0.75, 1e-15, 0.45]], atol=1e-15)
+    assert MeanBlender().fit([a, b, a], None).weights_.tolist() == [1 / 3] * 3  # summary.json
     assert MeanBlender().fit([a, b], None).predict_proba([a, b]).tolist() == \
         _linear([a, b], np.array([0.5, 0.5])).tolist()
 

@@ -237,6 +237,11 @@ def test_auc_is_nan_for_one_class_and_skips_constant_columns():
         warnings.simplefilter("error", UndefinedMetricWarning)
         assert math.isnan(score("roc_auc", np.array([0, 0, 0, 0]), p, "binary"))
         assert math.isnan(score("roc_auc", np.array([1, 1, 1, 1]), p, "binary"))
+    # one positive is enough: its rank among the negatives (0.3 vs 0.1, 0.5 -> 1 of 2)
+    q1 = np.array([0.1, 0.5, 0.3])
+    assert score("roc_auc", np.array([0, 0, 1]), np.stack([1 - q1, q1], 1), "binary") == 0.5
+    Y = np.array([[0, 1], [0, 1], [1, 0]])  # column 0: one positive, 0.5; column 1: 1.0
+    assert score("macro_auc", Y, np.stack([q1, [0.9, 0.8, 0.7]], 1), "multilabel") == 0.75
     p3 = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
     assert math.isnan(score("roc_auc", np.array([0, 0, 0]), p3))  # no class has both
     # multilabel: column 0 all positive and column 2 all negative are skipped; column 1: 2 of 2
