@@ -155,6 +155,9 @@ def test_greedy_matches_ensemble_selection_written_out(metric, task):
     want = _caruana(P, y, metric, task, 12)
     assert g.counts_.tolist() == want.tolist() and want.sum() > 1
     np.testing.assert_allclose(g.weights_, want / want.sum())
+    short = _caruana(P, y, metric, task, 2)  # the last step counts: 2 picks beat 1
+    assert short.sum() == 2 and GreedyBlender(metric, task, n_iter=2).fit(P, y).counts_.tolist() == \
+        short.tolist()
     assert GreedyBlender().n_iter == 50
 
 
