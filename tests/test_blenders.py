@@ -93,6 +93,17 @@ def test_weighted_keeps_the_log_loss_weights_under_accuracy_and_sums_to_one():
     assert w_acc.sum() == pytest.approx(1.0) and (w_acc >= 0).all() and w_acc[0] < 0.05
 
 
+def test_weighted_weights_are_the_grid_optimum_of_two_members():
+    y = _y(400)
+    P = [member_probs(y, 4, 1.8, seed=5), member_probs(y, 4, 2.0, seed=6)]
+    f = _simplex_log_loss(P, y, "multiclass")
+    grid = np.linspace(0, 1, 201)
+    best = grid[np.argmin([f(np.array([w, 1 - w]))[0] for w in grid])]
+    assert 0.05 < best < 0.95  # interior: the sum-to-one constraint decides it
+    w = WeightedBlender("log_loss").fit(P, y).weights_
+    assert abs(w[0] - best) < 0.01 and w.sum() == pytest.approx(1.0), (w, best)
+
+
 def test_weighted_refines_on_the_competition_metric():
     """Member 0 ranks perfectly but stays near 0.5 (0.6 / 0.4 +- 0.05); member 1 is confident and
     right 80% of the time. Log loss wants mostly member 1 (0.61); AUC wants member 0."""
@@ -199,6 +210,9 @@ def test_stack_multilabel_fits_one_model_per_class_and_rates_for_constant_classe
     ref = LogisticRegression(C=0.03, max_iter=2000).fit(L, y[:, 0]).predict_proba(L)[:, 1]
     np.testing.assert_allclose(out[:, 0], ref, atol=1e-6)
     assert (out[:, 1] == 1e-15).all() and (out[:, 2] == 1 - 1e-15).all()
+    y[:, 1] = 0
+    y[0, 1] = 1  # one positive is enough for a model (not a constant rate)
+    assert np.ptp(StackBlender(task="multilabel").fit(P, y).predict_proba(P)[:, 1]) > 0
 
 
 def test_make_blender_builds_each_method():
