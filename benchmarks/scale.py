@@ -142,7 +142,7 @@ def train(work: Path, args, load: str) -> dict:
     recipe.write_text(f"""competition: scale
 data: {{normalize: dataset, load: {load}{f", limit: {args.train_limit}" if args.train_limit else ""}}}
 model: {{name: {args.model}}}
-train: {{epochs: 1, batch_size: 128, lr: 0.2, num_workers: 0, warmup_epochs: 0}}
+train: {{epochs: 1, batch_size: {args.batch_size}, lr: 0.2, num_workers: 0, warmup_epochs: 0}}
 augment: {{flip: true, pad_crop: 0}}
 tta: {{views: [orig]}}
 cv: {{folds: [0]}}
@@ -169,6 +169,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp folder")
     ap.add_argument("--train-limit", type=int, default=1024, help="data.limit of the train run (0: all)")
     ap.add_argument("--model", default="kit_resnet9_s")
+    ap.add_argument("--batch-size", type=int, default=128, help="train.batch_size of the train run "
+                    "(on CPU its activations are most of the peak RSS)")
     ap.add_argument("--loads", default="auto", help="data.load of each train run: auto,stream,device")
     ap.add_argument("--decode-bench", default="1,2,all", help="decode process counts to time ('' = none)")
     ap.add_argument("--read-pass", default="pread,memmap", help="read passes ('' = none)")

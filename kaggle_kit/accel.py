@@ -47,15 +47,19 @@ def keep_freed_memory(enabled: bool = True) -> bool:
     """Make glibc malloc serve large blocks from the heap and keep freed memory (True), or put
     back glibc's documented defaults (False). Process-wide; True when the setting was applied.
 
-    Large blocks stay mmap-ed only above 1 GiB, and the heap is never trimmed: peak RSS is
-    unchanged (the same buffers are reused) but freed memory is not returned to the OS until the
-    process ends, so `kit train` turns it on for its run and off afterwards."""
+    Large blocks stay mmap-ed only above 1 GiB, and the heap is never trimmed: freed memory is
+    not returned to the OS, and peak RSS grows somewhat (holes of one size do not always fit the
+    next: +250 MB on ~2.9 GB at 128 px, batch 128; BENCHMARKS.md, Scale), so `kit train` turns it
+    on around its models only; False gives the kept memory back at once (malloc_trim)."""
     libc = _glibc()
     if libc is None:
         return False
     mmap_at, trim_at = (2**30, 2**31 - 1) if enabled else (_GLIBC_DEFAULT, _GLIBC_DEFAULT)
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(
+    done = bool(libc.mallopt(_M_MMAP_THRESHOLD, mmap_at)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, trim_at))
+    if not enabled:
+        libc.malloc_trim(0)  # the free memory kept so far goes back now, not at the next free
+    return done
 
 
 def choose_precision(recipe_value: str, launcher_value: str | None,

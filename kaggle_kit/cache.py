@@ -121,6 +121,11 @@ def _record(arr_path: Path) -> dict:
     return json.loads(record_path(arr_path).read_text())
 
 
+def value_histogram(x: np.ndarray) -> np.ndarray:
+    """(3, 256) int64 count of each value per channel of a (..., 3) uint8 array."""
+    return np.stack([np.bincount(x[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.int64)
+
+
 def pixel_histogram(arr_path: Path) -> np.ndarray:
     """(3, 256) int64 count of each value per channel over the whole cache (from its record)."""
     return np.asarray(_record(arr_path)["histogram"], dtype=np.int64)
@@ -307,7 +312,7 @@ def decode_chunk(task: tuple) -> tuple[int, str, list]:
         written = os.pwrite(f.fileno(), data, offset + start * int(np.prod(shape[1:])))
     if written != len(data):
         raise KitError(f"{partial}: short write ({written} of {len(data)} bytes); disk full?")
-    hist = [np.bincount(out[..., c].ravel(), minlength=256).tolist() for c in range(3)]
+    hist = value_histogram(out).tolist()
     return k, _sha(data), hist
 
 

@@ -30,7 +30,7 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     acc, n = ctx.acc, len(rows)
     per = math.ceil(n / acc.num_processes)
     mine = np.minimum(np.arange(acc.process_index * per, (acc.process_index + 1) * per), n - 1)
-    bs = max(256, ctx.rec.train.batch_size)
+    bs = predict_batch_size(ctx.rec.train.batch_size, acc.device)
     was_training = net.training
     net.eval()
     probs = []
@@ -50,6 +50,14 @@ def predict(ctx: Ctx, net, x_all, rows: np.ndarray, views: list[str]) -> np.ndar
     if len(np.unique(pos)) != n:
         raise RuntimeError(f"internal error: prediction covered {len(np.unique(pos))} of {n} rows")
     return out
+
+
+def predict_batch_size(batch_size: int, device) -> int:
+    """Images per prediction batch: on a GPU at least 256 (fewer, fuller launches); on CPU the
+    train batch, so train.batch_size bounds the run's memory: without gradients an image costs
+    about half of what it does in a training step, yet 256 at 128 px (kit_resnet9_s) peaked at
+    2.2 GB where a training step at batch 32 needed 1.2 GB (benchmarks/BENCHMARKS.md, Scale)."""
+    return max(256, batch_size) if device.type == "cuda" else batch_size
 
 
 def to_input(xb, mean, std, img_size: int, channels_last: bool):

@@ -45,3 +45,17 @@ def test_kit_train_keeps_freed_memory_while_training_and_restores_after(train_ti
         _kept_after_free_mb()))
     assert seen and seen[0] > 200  # on during the run (CPU)
     assert _kept_after_free_mb() < 50  # and back to glibc's defaults after it
+
+
+def test_keep_freed_memory_off_gives_the_kept_heap_back() -> None:
+    """Switching off returns what was kept at once (malloc_trim): kit train's writing and plots
+    after the models do not sit on top of the training steps' heap."""
+    base = _rss_mb()
+    try:
+        assert accel.keep_freed_memory(True)
+        block = np.ones(256 * MB // 8)
+        del block
+        held = _rss_mb() - base
+    finally:
+        assert accel.keep_freed_memory(False)
+    assert held > 200 and _rss_mb() - base < 50
