@@ -187,6 +187,11 @@ def check_finite(fdir: Path, val: np.ndarray | None, test: np.ndarray | None) ->
                            "train.lr or set train.mixed_precision=no and rerun")
 
 
+def is_done(fdir: Path) -> bool:
+    """Whether a model folder holds a finished model (done.json, written last, and test.csv)."""
+    return (fdir / "test.csv").exists() and (fdir / "done.json").exists()
+
+
 def read_done(fdir: Path, classes: list[str], val_ids: list[str] | None,
               test_ids: list[str]) -> dict:
     """A finished fold read back from its files, in the shape train_fold returns."""

@@ -136,7 +136,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     acc, rec, tr = ctx.acc, ctx.rec, ctx.rec.train
     fdir = ctx.run_dir.fold_dir(name)
     val_ids = [ctx.ids[i] for i in val_rows] if val_rows is not None else None
-    if (fdir / "test.csv").exists() and (fdir / "done.json").exists():
+    if runfiles.is_done(fdir):
         ctx.progress.advance(ctx.run_task, tr.epochs)
         return runfiles.read_done(fdir, ctx.classes, val_ids, ctx.test_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun

@@ -149,7 +149,8 @@ def test_greedy_matches_ensemble_selection_written_out(metric, task):
     else:
         y = _y(150)
         P = [member_probs(y, 4, s, seed=i) for i, s in enumerate((0.8, 1.2, 1.0))]
-    g = GreedyBlender(metric, task, n_iter=12).fit(P, y)
+    g = GreedyBlender(metric, task, n_iter=12) if metric != "accuracy" else GreedyBlender(n_iter=12)
+    g.fit(P, y)  # (accuracy, multiclass: the defaults)
     want = _caruana(P, y, metric, task, 12)
     assert g.counts_.tolist() == want.tolist() and want.sum() > 1
     np.testing.assert_allclose(g.weights_, want / want.sum())
@@ -197,6 +198,8 @@ def test_stack_multilabel_fits_one_model_per_class_and_rates_for_constant_classe
 
 
 def test_make_blender_builds_each_method():
+    m = make_blender("weighted")  # defaults: accuracy (log loss optimised), multiclass
+    assert type(m) is WeightedBlender and (m.metric, m.task, m.classes) == ("accuracy", "multiclass", None)
     assert type(make_blender("mean")) is MeanBlender
     w = make_blender("weighted", "qwk", "multiclass", ["0", "1"])
     assert type(w) is WeightedBlender and (w.metric, w.task, w.classes) == ("qwk", "multiclass", ["0", "1"])
@@ -228,10 +231,12 @@ def test_scores_and_evaluate_report_the_metric_accuracy_and_log_loss():
     assert s == {m: score(m, y, p, "binary") for m in s}
     assert list(scores("accuracy", y, p, "binary")) == ["accuracy", "log_loss"]
     T = [member_probs(y[:10], 2, 1.0, seed=9), member_probs(y[:10], 2, 1.0, seed=8)]
-    r = evaluate("greedy", P, y, np.arange(120) % 4, T, "roc_auc", "binary")
-    model = GreedyBlender("roc_auc", "binary").fit(P, y)
+    r = evaluate("weighted", P, y, np.arange(120) % 4, T)  # defaults: accuracy, multiclass
+    assert list(r["honest"]) == ["accuracy", "log_loss"] and r["model"].metric == "accuracy"
+    r = evaluate("stack", P, y, np.arange(120) % 4, T, "roc_auc", "binary")
+    model = StackBlender(task="binary").fit(P, y)
     np.testing.assert_allclose(r["test"], model.predict_proba(T))
-    np.testing.assert_allclose(r["oof"], honest_oof("greedy", P, y, np.arange(120) % 4, "roc_auc",
+    np.testing.assert_allclose(r["oof"], honest_oof("stack", P, y, np.arange(120) % 4, "roc_auc",
                                                     "binary"))
     assert r["insample"] == scores("roc_auc", y, model.predict_proba(P), "binary")
-    assert r["honest"] == scores("roc_auc", y, r["oof"], "binary") and r["method"] == "greedy"
+    assert r["honest"] == scores("roc_auc", y, r["oof"], "binary") and r["method"] == "stack"

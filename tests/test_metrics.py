@@ -227,9 +227,16 @@ def test_two_column_auc_uses_the_positive_column():
 
 
 def test_auc_is_nan_for_one_class_and_skips_constant_columns():
+    import warnings
+
+    from sklearn.exceptions import UndefinedMetricWarning
+
     p1 = np.array([0.1, 0.4, 0.35, 0.8])
     p = np.stack([1 - p1, p1], axis=1)
-    assert math.isnan(score("roc_auc", np.array([0, 0, 0, 0]), p, "binary"))
+    with warnings.catch_warnings():  # kit decides NaN itself, never asks sklearn (a warning per fold)
+        warnings.simplefilter("error", UndefinedMetricWarning)
+        assert math.isnan(score("roc_auc", np.array([0, 0, 0, 0]), p, "binary"))
+        assert math.isnan(score("roc_auc", np.array([1, 1, 1, 1]), p, "binary"))
     p3 = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.5, 0.4, 0.1]])
     assert math.isnan(score("roc_auc", np.array([0, 0, 0]), p3))  # no class has both
     # multilabel: column 0 all positive and column 2 all negative are skipped; column 1: 2 of 2
@@ -321,6 +328,9 @@ def test_oof_scores_skip_undefined_folds_and_recall_per_class():
     all_neg = pd.Series("neg", index=oof.index)  # AUC undefined on every fold: std NaN
     s = oof_scores(oof, all_neg, ["neg", "pos"], "roc_auc", "binary")
     assert math.isnan(s["cv"]["roc_auc_std"]) and s["per_class"]["pos"] is None
+    # no metric given (runs fetched before competition.json named one): accuracy
+    assert set(oof_scores(oof, labels, ["neg", "pos"])["cv"]) == {"accuracy", "log_loss",
+                                                                  "accuracy_std"}
     with pytest.raises(KitError, match=r"^oof: columns \['fold'\] missing; expected fold"):
         oof_scores(oof.drop(columns="fold"), labels, ["neg", "pos"])
 
