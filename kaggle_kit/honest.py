@@ -119,7 +119,7 @@ def find_estimates(run_root: Path, runs_dir: Path | None = None) -> list[dict]:
     on the same competition, found in the run's own folder's parent and `runs_dir`; by fold.
     A blend: the estimates kit blend wrote into its summary.json."""
     run_root = Path(run_root)
-    mine = _recipe_without_competition(run_root / "recipe.yaml")
+    mine = _recipe_without_competition(RunDir(run_root).recipe_path)
     try:
         summary = RunDir(run_root).summary()
         comp = summary.get("competition")

@@ -128,6 +128,12 @@ def model_dirs(run_dir: RunDir) -> list[Path]:
     return sorted(p for p in run_dir.root.iterdir() if p.is_dir() and _MODEL_DIR.fullmatch(p.name))
 
 
+def finished_model(run_root: Path) -> Path | None:
+    """The model.pt a run folder stands for as pretrained weights: refit0's, else fold0's."""
+    return next((p for p in (Path(run_root) / "refit0" / "model.pt",
+                             Path(run_root) / "fold0" / "model.pt") if p.is_file()), None)
+
+
 def read_metrics(model_dir: Path) -> list[dict]:
     """A model folder's metrics.jsonl: one dict per epoch (schema: docs/design.md section 1);
     [] when it has none (a blend, a fold that has not finished an epoch)."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from kaggle_kit import KitError, __version__
 from kaggle_kit import recipe as recipes
-from kaggle_kit.rundir import RunDir, has_weights
+from kaggle_kit.rundir import RunDir, has_weights, model_dirs
 from kaggle_kit.workspace import CompetitionDir, read_json, sha256_file
 
 EXPORT_FORMAT = 1  # manifest.json "format": bump when the export layout changes
@@ -57,8 +57,7 @@ def load_tree(root: Path, resolve) -> dict:
 
 def _default_members(run: RunDir, test_from: str) -> list[str]:
     """Runs written before summary.json had `test_members`: the fold/refit dirs test_from names."""
-    dirs = sorted(p.name for p in run.root.iterdir() if p.is_dir()
-                  and p.name.startswith(("fold", "refit")))
+    dirs = [p.name for p in model_dirs(run)]
     return [d for d in dirs if test_from == "both" or d.startswith(test_from[:4])]
 
 
@@ -144,7 +143,7 @@ def blender(node: dict):
     from kaggle_kit import blenders
 
     s, n_classes, task = node["summary"], len(node["classes"]), node["task"]
-    names, where = [m["run"] for m in s["members"]], node["root"] / "summary.json"
+    names, where = [m["run"] for m in s["members"]], RunDir(node["root"]).summary_path
     if s.get("weights"):
         model = blenders.MeanBlender(task=task)
         model.weights_ = np.array([s["weights"][n] for n in names], dtype=float)

@@ -20,7 +20,7 @@ scaler and EMA, so a resumed fold replays exactly what an uninterrupted one woul
 
 What the loop is built from (Ctx, checks, model, optimizer, schedule) is in train_setup.py; the
 files it reads and writes in runs/<run>/ (checkpoints, fold files, summary, provenance) in
-runfiles.py; validation and test predictions (TTA) in infer.py.
+runfiles.py (what the summary says: results.py); validation and test predictions (TTA) in infer.py.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kaggle_kit import KitError, accel, infer, runfiles, targets, train_setup
+from kaggle_kit import KitError, accel, infer, results, runfiles, targets, train_setup
 from kaggle_kit import recipe as recipes
 from kaggle_kit.rundir import RunDir
 from kaggle_kit.train_setup import Ctx
@@ -114,7 +114,10 @@ def _run(recipe_path, overrides, run_name, runs_dir, data_dir, resume, force, on
     acc.wait_for_everyone()
     summary = None
     if acc.is_main_process:
-        summary = runfiles.write_results(ctx, preds, t_start)
+        res = results.summarize(ctx, preds, t_start)
+        summary = res["summary"]
+        runfiles.write_results(run_dir, res["oof"], res["test"], ctx.classes, summary,
+                               res["provenance"], ctx.labels, ctx.task, ctx.metric)
     acc.wait_for_everyone()
     return summary if summary is not None else RunDir(run_dir.root).summary()
 
@@ -136,7 +139,7 @@ def train_fold(ctx: Ctx, name: str, train_rows: np.ndarray, val_rows: np.ndarray
     acc, rec, tr = ctx.acc, ctx.rec, ctx.rec.train
     fdir = ctx.run_dir.fold_dir(name)
     val_ids = [ctx.ids[i] for i in val_rows] if val_rows is not None else None
-    if (fdir / "test.csv").exists() and (fdir / "done.json").exists():
+    if runfiles.is_done(fdir):
         ctx.progress.advance(ctx.run_task, tr.epochs)
         return runfiles.read_done(fdir, ctx.classes, val_ids, ctx.test_ids)
     torch.manual_seed(_seed(seed, name, -1))  # same initial weights on every rank and every rerun

@@ -14,7 +14,7 @@ import numpy as np
 
 from kaggle_kit import KitError, metrics, targets
 from kaggle_kit import recipe as recipes
-from kaggle_kit.rundir import RunDir, model_competition
+from kaggle_kit.rundir import RunDir, finished_model, model_competition
 from kaggle_kit.workspace import CompetitionDir
 
 # ----------------------------------------------------------------------------- checks
@@ -54,8 +54,7 @@ def resolve_pretrained(rec: recipes.Recipe, comp: CompetitionDir, runs_dir: Path
         return None
     path = _run_path(given, runs_dir)
     if path.is_dir():
-        found = next((c for c in (path / "refit0" / "model.pt", path / "fold0" / "model.pt")
-                      if c.is_file()), None)
+        found = finished_model(path)
         if found is None:
             raise KitError(f"model.pretrained_file: {path} is a folder without refit0/model.pt or "
                            "fold0/model.pt; give a run with a finished model or a weights file")

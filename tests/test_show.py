@@ -10,7 +10,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-from kaggle_kit import runfiles, show
+from kaggle_kit import results, show
 from kaggle_kit.cli import app
 from tests.fx_train import RECIPES, TINY
 from tests.test_cli import COMMANDS
@@ -67,7 +67,7 @@ def test_empty_ledger_mentions_dry_run_files(tmp_path: Path) -> None:
 
 def test_partial_run_is_said_and_gets_no_shift_warning(train_tiny, demo_data_dir: Path,
                                                        monkeypatch) -> None:
-    monkeypatch.setattr(runfiles, "_distribution_warnings", lambda *a: ["shifted test"])
+    monkeypatch.setattr(results, "_distribution_warnings", lambda *a: ["shifted test"])
     summary = train_tiny("demo", "cv.folds=[0]", "train.epochs=1", name="quick")
     assert summary["partial"] == ["1 of 4 folds", "train.epochs=1 (the recipe file sets 5)",
                                   "data.limit=96"]
@@ -87,8 +87,8 @@ def test_dry_run_of_a_partial_run_says_so(tmp_path: Path, tiny_comp, tiny_run) -
 
 def test_full_run_warns_once_and_epoch_lines_are_labelled(demo_data_dir: Path, tmp_path: Path,
                                                           monkeypatch) -> None:
-    monkeypatch.setattr(runfiles, "_distribution_warnings", lambda *a: ["shifted test"])
-    monkeypatch.setattr(runfiles, "partial_reasons", lambda *a: [])  # TINY sets data.limit
+    monkeypatch.setattr(results, "_distribution_warnings", lambda *a: ["shifted test"])
+    monkeypatch.setattr(results, "partial_reasons", lambda *a: [])  # TINY sets data.limit
     args = ["train", str(RECIPES / "demo.yaml"), *TINY, "train.threads=1", "--name", "full",
             "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(demo_data_dir)]
     result = CliRunner().invoke(app, args, terminal_width=200)
