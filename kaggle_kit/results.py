@@ -97,18 +97,29 @@ def _distribution_warnings(test: pd.DataFrame, labels: pd.Series, classes: list[
 
 
 def partial_reasons(ctx: Ctx, preds: dict[str, dict]) -> list[str]:
-    """Why this run's CV and test.csv are not those of its full recipe ([] = a full run): a subset
-    of the folds, fewer epochs than the recipe file sets, data.limit, or a train.max_minutes stop."""
+    """Why this run's CV and test.csv are not those of its full recipe ([] = a full run): fewer
+    folds or epochs than the recipe FILE sets (before `cv.folds=[0]` / `train.epochs=N` overrides:
+    a recipe whose file asks for one fold is complete with one), data.limit, or a
+    train.max_minutes stop."""
     import yaml
 
     rec, reasons = ctx.rec, []
-    k, done = len(set(ctx.fold.tolist()) - {-1}), sum(m.startswith("fold") for m in preds)
-    if done < k:
-        reasons.append(f"{done} of {k} folds")
-    try:  # the epochs the recipe file itself sets, before `train.epochs=N` overrides
+    try:
         raw = yaml.safe_load(Path(ctx.timings.get("recipe_path", "")).read_text()) or {}
-        file_epochs = int((raw.get("train") or {}).get("epochs") or 0)
+        raw_train, raw_cv = raw.get("train") or {}, raw.get("cv") or {}
     except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+        raw_train, raw_cv = {}, {}
+    have = set(ctx.fold.tolist()) - {-1}
+    file_folds = raw_cv.get("folds") if isinstance(raw_cv, dict) else None
+    want = (len(have & {f for f in file_folds if isinstance(f, int)})
+            if isinstance(file_folds, list) else len(have))
+    done = sum(m.startswith("fold") for m in preds)
+    if done < want:
+        reasons.append(f"{done} of {want} folds" if want == len(have)
+                       else f"{done} of the {want} folds the recipe file sets")
+    try:  # the epochs the recipe file itself sets
+        file_epochs = int((raw_train if isinstance(raw_train, dict) else {}).get("epochs") or 0)
+    except (ValueError, TypeError):
         file_epochs = 0
     if rec.train.epochs < file_epochs:
         reasons.append(f"train.epochs={rec.train.epochs} (the recipe file sets {file_epochs})")

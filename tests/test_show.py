@@ -75,6 +75,30 @@ def test_partial_run_is_said_and_gets_no_shift_warning(train_tiny, demo_data_dir
     assert "partial run: 1 of 4 folds" in show.run_lines(summary, train_tiny.runs_dir)
 
 
+def test_a_recipe_file_that_asks_for_one_fold_is_not_partial(demo_data_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """Partial is measured against the recipe FILE: `cv.folds: [0]` written in the file (the
+    effnet_lite0 design) is the full recipe; the same fold chosen by an override is a quick look."""
+    import torch
+
+    from kaggle_kit.train import run
+
+    one = tmp_path / "one_fold.yaml"
+    one.write_text((RECIPES / "demo.yaml").read_text() + "cv:\n  folds: [0]\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = run(one, [*TINY, "train.epochs=1", "cv.refit=false"], name="one",
+                      runs_dir=tmp_path / "runs", data_dir=demo_data_dir)
+        override = run(RECIPES / "demo.yaml", [*TINY, "train.epochs=1", "cv.refit=false",
+                       "cv.folds=[0]"], name="quick", runs_dir=tmp_path / "runs",
+                       data_dir=demo_data_dir)
+    finally:
+        torch.set_num_threads(threads)
+    assert summary["partial"] == ["train.epochs=1 (the recipe file sets 5)", "data.limit=96"]
+    assert override["partial"][0] == "1 of 4 folds"
+
+
 def test_dry_run_of_a_partial_run_says_so(tmp_path: Path, tiny_comp, tiny_run) -> None:
     ws = ["--data-dir", str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs"),
           "--submissions-dir", str(tmp_path / "subs")]
