@@ -167,6 +167,47 @@ def estimate_label(estimates: list[dict], metric: str) -> str:
     return f"holdout estimate {value:.4f} ({how})"
 
 
+# Scores in [0, 1], higher is better, whose error 1 - score shrinks with more training images.
+_ERROR_METRICS = ("accuracy", "roc_auc", "macro_auc", "macro_f1", "map@k", "fbeta_samples")
+
+
+def scaled_estimate(summary: dict, estimates: list[dict], metric: str) -> float | None:
+    """The holdout estimate scaled from the estimate run's share of the images to all of them.
+
+    kit estimate trains on (k-1)/k of the images, so it under-states the full run. The two runs'
+    own CVs measure how the error falls with that much more data: the estimate run's fold models
+    train on (k-1)/k of ITS images, i.e. exactly (k-1)/k as many as this run's fold models. If the
+    error follows a power law of the image count (a learning curve), the submission's error falls
+    by the same factor:  1 - scaled = (1 - holdout) * (1 - CV of this run) / (1 - CV of the
+    estimate run).  None when the metric is not such a score or either CV is missing."""
+    from kaggle_kit.metrics import parse_metric
+
+    if summary.get("kind") == "blend" or parse_metric(metric)[0] not in _ERROR_METRICS:
+        return None
+    used = [e for e in estimates
+            if metric in (e.get("holdout") or {}) and metric in (e.get("cv_shown") or {})]
+    cv = (summary.get("cv") or {}).get(metric)
+    if not used or cv is None:
+        return None
+    held = sum(e["holdout"][metric] for e in used) / len(used)
+    cv_est = sum(e["cv_shown"][metric] for e in used) / len(used)
+    if not (0 <= held <= 1 and 0 <= cv <= 1 and 0 <= cv_est < 1):
+        return None
+    return 1 - (1 - held) * (1 - cv) / (1 - cv_est)
+
+
+def scaled_label(summary: dict, estimates: list[dict], metric: str) -> str:
+    """"scaled to all train images: 0.8801 (...)" or "" (see scaled_estimate)."""
+    value = scaled_estimate(summary, estimates, metric)
+    if value is None:
+        return ""
+    used = [e for e in estimates if metric in (e.get("cv_shown") or {})]
+    cv_est = sum(e["cv_shown"][metric] for e in used) / len(used)
+    return (f"scaled to all train images: {value:.4f} (an extrapolation: the holdout error times "
+            f"this run's CV error over the estimate run's, {1 - summary['cv'][metric]:.4f} / "
+            f"{1 - cv_est:.4f})")
+
+
 def cv_label(summary: dict, has_estimate: bool = False) -> str:
     """The summary's short CV label; without the advice to run kit estimate once there is one."""
     label = labels(summary)["cv_label"]
@@ -182,4 +223,5 @@ def score_line(summary: dict, estimates: list[dict]) -> str:
     lab = cv_label(summary, bool(est))
     head = (f"CV {cv:.5f} ({metric}; {lab})" if cv is not None
             else f"no CV ({summary.get('cv_note') or lab})")
-    return head + (f"; {est}" if est else "")
+    scaled = scaled_label(summary, estimates, metric)
+    return head + (f"; {est}" if est else "") + (f"; {scaled}" if scaled else "")

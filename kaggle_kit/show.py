@@ -15,6 +15,8 @@ def run_lines(summary: dict, runs_dir: Path, estimates: list[dict] | None = None
     predictions come from, what to do next."""
     cv, metric, nan = summary.get("cv") or {}, summary.get("metric") or "accuracy", float("nan")
     est = honest.estimate_label(estimates or [], metric)
+    scaled = honest.scaled_label(summary, estimates or [], metric)
+    est += f"\n  {scaled}" if scaled else ""
     if not cv and summary.get("cv_note"):  # a refit-only run has no OOF rows, hence no CV
         run = runs_dir / summary.get("run", "?")
         return (f"run {run}: {summary['cv_note']}" + (f"\n  {est}" if est else "")

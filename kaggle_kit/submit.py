@@ -170,7 +170,8 @@ def _run_info(run: RunDir, competition: str | None, runs_dir: Path) -> dict:
             "partial": summary.get("partial") or [],
             "cv_is": honest.cv_label(summary, est is not None),
             "estimate": "" if est is None else f"{est:.5f}",
-            "estimate_is": honest.estimate_label(estimates, metric),
+            "estimate_is": "; ".join(filter(None, [honest.estimate_label(estimates, metric),
+                                                   honest.scaled_label(summary, estimates, metric)])),
             "scores": honest.score_line(summary, estimates)}
 
 

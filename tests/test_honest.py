@@ -94,7 +94,8 @@ def _train_run(runs: Path, name: str, overrides: list[str]) -> RunDir:
     return run
 
 
-def _estimate_run(runs: Path, name: str, overrides: list[str], fold: int, acc: float) -> None:
+def _estimate_run(runs: Path, name: str, overrides: list[str], fold: int, acc: float,
+                  cv_shown: dict | None = None) -> None:
     """runs/<name>/ as kit estimate leaves it: the recipe on tiny-ho<fold> + estimate.json."""
     root = runs / name
     root.mkdir(parents=True)
@@ -104,7 +105,8 @@ def _estimate_run(runs: Path, name: str, overrides: list[str], fold: int, acc: f
         "metric": "accuracy", "n_holdout": 2, "holdout": {"accuracy": acc, "log_loss": 0.5},
         "recipe": "recipes/demo.yaml", "overrides": overrides, "competition": "tiny",
         "holdout_fold": fold, "run": name, "test_from": "both",
-        "trained_on": "6 of 8 train images", "n_trained": 6, "n_train": 8})
+        "trained_on": "6 of 8 train images", "n_trained": 6, "n_train": 8,
+        **({"cv_shown": cv_shown} if cv_shown else {})})
 
 
 def test_submit_and_ledger_show_the_estimate_of_the_same_recipe(kaggle_double, tiny_comp,
@@ -159,6 +161,31 @@ def test_train_line_shows_an_estimate_made_before_the_run(tmp_path):
     assert ("holdout estimate 0.8500 (mean of 2: folds 1, 2 held out, each trained on 75%)"
             in line)
     assert "run kit estimate" not in line
+
+
+def test_estimate_scaled_to_all_images_by_the_two_runs_cv(kaggle_double, tiny_comp, tmp_path):
+    """The holdout error times the ratio of the CV errors (this run's fold models trained on 4/3
+    as many images as the estimate run's): 1 - 0.20 * 0.25 / 0.30 = 0.8333, shown by kit train's
+    line, kit submit and the ledger; only for error-like metrics and with both CVs known."""
+    runs, subs = tmp_path / "runs", tmp_path / "submissions"
+    ws = {"data_dir": tmp_path / "data", "runs_dir": runs, "submissions_dir": subs}
+    run = _train_run(runs, "r", TINY_RECIPE)
+    assert run.summary()["cv"]["accuracy"] == 0.75
+    _estimate_run(runs, "r-ho3", TINY_RECIPE, 3, 0.80, cv_shown={"accuracy": 0.70})
+    ests = honest.find_estimates(run.root, runs)
+    assert honest.scaled_estimate(run.summary(), ests, "accuracy") == pytest.approx(1 - 0.2 * 0.25 / 0.3)
+    want = "scaled to all train images: 0.8333 (an extrapolation"
+    assert want in show.run_lines(run.summary(), runs, ests)
+    assert want in submit(run.root, dry_run=True, **ws)
+    submit(run.root, message="m", timeout=30, poll_s=0.2, **ws)
+    row = read_ledger(subs).iloc[-1]
+    assert row["estimate"] == "0.80000" and want in row["estimate_is"]  # the measured one stays
+    assert want in show_ledger(subs)
+    # lower-is-better metrics, blends and estimates without the estimate run's CV: no scaling
+    assert honest.scaled_estimate(run.summary(), ests, "log_loss") is None
+    assert honest.scaled_estimate({**run.summary(), "kind": "blend"}, ests, "accuracy") is None
+    no_cv = [{k: v for k, v in e.items() if k != "cv_shown"} for e in ests]
+    assert honest.scaled_estimate(run.summary(), no_cv, "accuracy") is None
 
 
 def test_old_ledger_without_the_new_columns_still_reads_and_appends(kaggle_double, tiny_comp,
