@@ -171,7 +171,7 @@ def main() -> None:
     ap.add_argument("--model", default="kit_resnet9_s")
     ap.add_argument("--batch-size", type=int, default=128, help="train.batch_size of the train run "
                     "(on CPU its activations are most of the peak RSS)")
-    ap.add_argument("--loads", default="auto", help="data.load of each train run: auto,stream,device")
+    ap.add_argument("--loads", default="auto", help="data.load of each train run: auto,stream,device ('' = none)")
     ap.add_argument("--decode-bench", default="1,2,all", help="decode process counts to time ('' = none)")
     ap.add_argument("--read-pass", default="pread,memmap", help="read passes ('' = none)")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
@@ -204,7 +204,7 @@ def main() -> None:
             print(f"read pass ({how}): peak RSS {r['maxrss_mb']:.0f} MB, {r['rows_per_s']:.0f} rows/s",
                   flush=True)
         trains = {}
-        for load in args.loads.split(","):
+        for load in filter(None, args.loads.split(",")):  # '' = no train run
             tr = trains[load] = train(work, args, load)
             print(f"train (data.load={load}): {tr['wall_s']} s, peak RSS {tr['maxrss_mb']:.0f} MB, "
                   f"{tr['train_images_per_s']} train images/s, CV {tr['cv']}; {tr['placement']}",

@@ -186,7 +186,7 @@ def _check_chunks(arr_path: Path, rec: dict, every: bool) -> str | None:
 # ----------------------------------------------------------------------------- build
 
 
-def _build(arr_path: Path, ids_path: Path, ids: list[str], paths: list[Path],
+def _build(arr_path: Path, ids_path: Path, ids: list[str], paths: list[str],
            size: tuple[int, int] | None, fit: str, progress: bool, say: Say | None,
            workers: int) -> None:
     """Decode `paths` into `arr_path` (resumable, see the module docstring)."""
@@ -206,7 +206,7 @@ def _build(arr_path: Path, ids_path: Path, ids: list[str], paths: list[Path],
     offset = int(np.load(partial, mmap_mode="r").offset)
     n_chunks = -(-n // chunk_rows)
     tasks = [(k, str(partial), offset, *_chunk_rows(k, chunk_rows, n), shape,
-              [str(p) for p in paths[k * chunk_rows:(k + 1) * chunk_rows]], size, fit)
+              paths[k * chunk_rows:(k + 1) * chunk_rows], size, fit)
              for k in range(n_chunks) if str(k) not in done]
     if say and done:
         say(f"{arr_path}: resuming an interrupted build ({len(done)} of {n_chunks} chunks done)")

@@ -70,7 +70,7 @@ def export(run: Path, out: Path | None = None, *, data_dir: Path = Path("data"),
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         top = _write_tree(tree, tmp, {})
-        meta = {k: v for k, v in src["meta"].items() if k not in ("files", "file_check", "cache", "source", "index", "origin")}
+        meta = {k: v for k, v in src["meta"].items() if k not in ("files", "shipped_files", "file_check", "cache", "source", "index", "origin")}
         write_json(tmp / "competition.json", meta)
         src["sample"].to_csv(tmp / "sample_submission.csv", index=False)
         wheel = build_wheel(tmp / "wheels")

@@ -181,25 +181,33 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
     `source` ("files" = `comp.root/files`, or an absolute folder read in place)."""
     src = comp.root / source if source == "files" else Path(source)
     layout, train, test, warnings = detect_layout(src, comp.root, hints)
-    img_root = comp.root if layout["image_root"] == "kit" else src
-    paths = [img_root / p for p in (*train["path"], *test["path"])]
-    sizes = image_sizes(paths)
+    img_root = str(comp.root if layout["image_root"] == "kit" else src)
+
+    def paths():  # str paths, made as read: a list of 100,000 Path objects holds ~50 MB
+        for split in (train, test):
+            for p in split["path"]:
+                yield os.path.join(img_root, p)
+
+    sizes = image_sizes(paths())
     if len(sizes) > 1:
         warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
                         f"{sizes}; no native cache is built: set data.image_size in the recipe "
                         "so they are resized to one size")
-        decode_all(paths)  # no cache to catch a truncated image
+        decode_all(paths())  # no cache to catch a truncated image
     write_csv(comp.index_path("train"), train)
     write_csv(comp.index_path("test"), test)
+    n_train, n_test = len(train), len(test)
+    del train, test  # from here on the index files are the data: memory stays flat in N
     check = "sha256" if source == "files" else "stat"
-    files = {p.relative_to(src).as_posix(): file_stamp(p, check)
-             for p in sorted(src.rglob("*")) if p.is_file()}
+    shipped = comp.write_shipped({rel: file_stamp(Path(src, rel), check)
+                                  for rel in shipped_files(src)})
     meta = {"name": name, "source": source, **layout,
-            "n_train": len(train), "n_test": len(test), "image_sizes": sizes,
+            "n_train": n_train, "n_test": n_test, "image_sizes": sizes,
             "index": {s: sha256_file(comp.index_path(s)) for s in ("train", "test")},
-            "folds": {}, "files": files, "file_check": check, "cache": {}, "origin": origin}
+            "folds": {}, "shipped_files": shipped, "file_check": check, "cache": {},
+            "origin": origin}
     comp.write_meta(meta)
-    meta["folds"], fold_warnings = write_folds(comp, n_folds, seed)
+    meta["folds"], fold_warnings = write_folds(comp, n_folds, seed, meta)
     warnings += fold_warnings
     for w in warnings:
         _say(f"warning: {w}")
@@ -207,6 +215,19 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
         meta["cache"] = _build_caches(comp)
     comp.write_meta(meta)
     return _summary(meta, warnings, sum(c["decode_s"] for c in meta["cache"].values()))
+
+
+def shipped_files(src: Path) -> list[str]:
+    """Every file under `src` as a sorted POSIX path relative to it (what shipped_files.json
+    records), walked as strings: memory per file is its name, not a Path object."""
+    out = []
+    for d, subdirs, names in os.walk(src):
+        subdirs.sort()
+        rel = os.path.relpath(d, src)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + n for n in names if os.path.isfile(os.path.join(d, n)))
+    out.sort()
+    return out
 
 
 def file_stamp(path: Path, check: str) -> str:
@@ -284,7 +305,7 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
             raise KitError(f"{comp.meta_path}: recorded {key}={given.get(key, meta.get(key))!r}, "
                            f"not {val!r}; pass --force to refetch and re-detect with the option")
     check = meta.get("file_check", "sha256")
-    bad = [rel for rel, h in meta["files"].items()
+    bad = [rel for rel, h in comp.shipped_stamps().items()
            if not (src / rel).is_file() or file_stamp(src / rel, check) != h]
     bad += [comp.index_path(s).name for s, h in meta.get("index", {}).items()
             if not comp.index_path(s).is_file() or sha256_file(comp.index_path(s)) != h]
@@ -294,7 +315,7 @@ def _verify_existing(comp: CompetitionDir, n_folds: int, seed: int, refold: bool
                        "rerun with --force to refetch")
     status = "no-op: already fetched and verified"
     if _check_folds(comp, meta["folds"], n_folds, seed, refold):
-        meta["folds"], fold_warnings = write_folds(comp, n_folds, seed)
+        meta["folds"], fold_warnings = write_folds(comp, n_folds, seed, meta)
         for w in fold_warnings:
             _say(f"warning: {w}")
         status = f"refolded: folds.csv remade with --folds {n_folds} --seed {seed}"

@@ -60,9 +60,11 @@ def _rarest_label(labels: pd.Series, n_folds: int) -> pd.Series:
     return key.mask(small, "__pooled__")
 
 
-def write_folds(comp: CompetitionDir, n_folds: int, seed: int) -> tuple[dict, list[str]]:
-    """Write folds.csv for `comp`; return its record {"k", "seed", "sha256"} and warnings."""
-    meta = comp.meta()
+def write_folds(comp: CompetitionDir, n_folds: int, seed: int,
+                meta: dict | None = None) -> tuple[dict, list[str]]:
+    """Write folds.csv for `comp`; return its record {"k", "seed", "sha256"} and warnings.
+    `meta`: competition.json as the caller holds it (not read a second time)."""
+    meta = comp.meta() if meta is None else meta
     index = comp.train_index()
     group = meta.get("group_col")
     folds, warnings = make_folds(index[["Id", "label"]], n_folds, seed,

@@ -12,6 +12,7 @@ Errors raise KitError naming the file/line and the flag that settles an ambiguit
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -216,7 +217,7 @@ def _check_labels(layout: dict, train: pd.DataFrame) -> None:
                        f"{col} ({len(empty)} rows); fill it in or remove the row")
 
 
-def decode_all(paths: list[Path]) -> None:
+def decode_all(paths: Iterable[str | Path]) -> None:
     """Decode every image once (and drop it): finds truncated files when no cache is built."""
     from kaggle_kit.decode import decode_image
 
@@ -224,7 +225,7 @@ def decode_all(paths: list[Path]) -> None:
         decode_image(path)
 
 
-def image_sizes(paths: list[Path]) -> dict[str, int]:
+def image_sizes(paths: Iterable[str | Path]) -> dict[str, int]:
     """Size histogram {"HxW": n} of the images at `paths`, most common first (headers only)."""
     hist: dict[str, int] = {}
     for path in paths:

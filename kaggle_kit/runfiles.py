@@ -75,12 +75,7 @@ def check_resume_data(run_dir: RunDir, comp: CompetitionDir) -> None:
 
 def data_hashes(comp: CompetitionDir) -> dict:
     """{"folds_sha256", "files_sha256"}: what a run's models depend on (provenance.json)."""
-    import hashlib
-    import json
-
-    files = json.dumps(comp.meta().get("files", {}), sort_keys=True).encode()
-    return {"folds_sha256": sha256_file(comp.folds_path),
-            "files_sha256": hashlib.sha256(files).hexdigest()}
+    return {"folds_sha256": sha256_file(comp.folds_path), "files_sha256": comp.shipped_sha256()}
 
 
 def prepare_run_dir(run_dir: RunDir, recipe_text: str, resume: bool, start_prov: dict) -> None:

@@ -19,6 +19,7 @@ from kaggle_kit import KitError
 from kaggle_kit.demo_data import CLASSES, build_demo_zip, demo_solution
 from kaggle_kit.fetch import fetch
 from kaggle_kit.images import load_cache
+from kaggle_kit.runfiles import data_hashes
 from kaggle_kit.unzip import safe_unzip
 from kaggle_kit.workspace import CompetitionDir, sha256_file
 from tests.conftest import requires_shared
@@ -77,7 +78,9 @@ def _check_shared(data_dir: Path, name: str, n_classes: int, layout: tuple) -> N
     assert len(m["classes"]) == n_classes and m["classes"] == sorted(m["classes"])
     assert (m["n_train"], m["n_test"]) == (7200, 1800)
     assert m["image_sizes"] == {"32x32": 9000}
-    assert len(m["files"]) == 9002 and sha256_file(comp.source_root / "train.csv") == m["files"]["train.csv"]
+    files = comp.shipped_stamps()
+    assert len(files) == 9002 and sha256_file(comp.source_root / "train.csv") == files["train.csv"]
+    assert "files" not in m and m["shipped_files"]["n"] == 9002  # competition.json stays small
     folds = comp.folds()
     assert sha256_file(comp.folds_path) == m["folds"]["sha256"]
     assert m["folds"]["k"] == 4 and folds["fold"].value_counts().tolist() == [1800] * 4
@@ -128,7 +131,7 @@ def test_ids_joined_to_files_by_name_and_folder_import(tmp_path):
     assert ids == [str(i) for i in range(1, 13)]
     assert [int(a[0, 0, 0]) for a in arr] == [_pixel(i) for i in ids]
     assert comp.test_ids() == ["1", "2", "3"]
-    assert set(comp.meta()["files"]) == {"train.csv", "sample_submission.csv",
+    assert set(comp.shipped_stamps()) == {"train.csv", "sample_submission.csv",
                                          *(f"train/{i}.png" for i in ids),
                                          *(f"test/{i}.png" for i in range(1, 4))}
 
@@ -143,9 +146,10 @@ def test_nested_top_folder_and_zips_inside_the_zip(tmp_path):
         (outer / csv).write_bytes((src / csv).read_bytes())
     zip_path = zip_dir(tmp_path / "stage", tmp_path / "toy.zip")  # everything under toy/
     fetch("toy", data_dir=tmp_path / "data", source=zip_path, n_folds=2)
-    m = CompetitionDir.open(tmp_path / "data", "toy").meta()
+    comp = CompetitionDir.open(tmp_path / "data", "toy")
+    m = comp.meta()
     assert (m["train_dir"], m["test_dir"], m["n_train"], m["n_test"]) == ("imgs_train", "imgs_test", 8, 3)
-    assert not any(k.endswith(".zip") for k in m["files"])
+    assert not any(k.endswith(".zip") for k in comp.shipped_stamps())
 
 
 def test_ambiguous_layout_names_the_flag_to_pass(tmp_path):
@@ -305,6 +309,32 @@ def test_refold_rules_and_force(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["toy"]
 
 
+def test_shipped_file_stamps_live_apart_and_are_verified(tmp_path):
+    """Stamps of the shipped files are in shipped_files.json (competition.json, read by every
+    command, stays small); its recorded sha256 is the data hash runs record; an edited or missing
+    stamp file is refused; a competition.json of an older kit (stamps inline) still verifies."""
+    data = tmp_path / "data"
+    fetch("toy", data_dir=data, source=make_comp(tmp_path / "src"), n_folds=2)
+    comp = CompetitionDir.open(data, "toy")
+    m, stamps = comp.meta(), comp.shipped_stamps()
+    assert "files" not in m and m["shipped_files"]["n"] == len(stamps) == 13
+    assert comp.shipped_sha256() == sha256_file(comp.shipped_path) == data_hashes(comp)["files_sha256"]
+    good = comp.shipped_path.read_bytes()
+    comp.shipped_path.write_bytes(good.replace(b'"train.csv": "', b'"train.csv": "0'))
+    with pytest.raises(KitError, match="shipped_files.json: missing or changed since fetch; rerun `kit fetch toy --force`"):
+        fetch("toy", data_dir=data, n_folds=2)
+    comp.shipped_path.unlink()
+    with pytest.raises(KitError, match="shipped_files.json: missing or changed since fetch"):
+        fetch("toy", data_dir=data, n_folds=2)
+    old = {k: v for k, v in m.items() if k != "shipped_files"} | {"files": stamps}
+    comp.write_meta(old)  # as an older kit wrote it: same verification, same data hash
+    assert fetch("toy", data_dir=data, n_folds=2)["status"].startswith("no-op")
+    assert data_hashes(comp)["files_sha256"] == hashlib.sha256(good).hexdigest()
+    (comp.source_root / "train.csv").write_text("Id,label\n")
+    with pytest.raises(KitError, match="train.csv: missing or changed since fetch"):
+        fetch("toy", data_dir=data, n_folds=2)
+
+
 def test_another_zip_without_force_is_an_error(tmp_path):
     first = zip_dir(make_comp(tmp_path / "a"), tmp_path / "a.zip")
     second = zip_dir(make_comp(tmp_path / "b", per_class=5), tmp_path / "b.zip")
@@ -336,10 +366,11 @@ def test_zip_shipping_kit_named_files_fetches_and_verifies_again(tmp_path):
     fetch("toy", data_dir=data, source=zip_path, n_folds=2)
     comp = CompetitionDir.open(data, "toy")
     assert (comp.source_root / "folds.csv").read_text() == (src / "folds.csv").read_text()
-    assert comp.meta()["files"]["folds.csv"] == sha256_file(src / "folds.csv")
+    assert comp.shipped_stamps()["folds.csv"] == sha256_file(src / "folds.csv")
     assert len(comp.folds()) == 8 and comp.meta()["source"] == "files"
     assert sorted(p.name for p in comp.root.iterdir()) == [
-        "cache", "competition.json", "files", "folds.csv", "test_index.csv", "train_index.csv"]
+        "cache", "competition.json", "files", "folds.csv", "shipped_files.json", "test_index.csv",
+        "train_index.csv"]
     assert fetch("toy", data_dir=data, source=zip_path, n_folds=2)["status"].startswith("no-op")
 
 
@@ -354,9 +385,10 @@ def test_read_only_folder_is_read_in_place(tmp_path):
         m = comp.meta()
         assert out["source"] == str(src) and m["source"] == str(src) == str(comp.source_root)
         assert sorted(p.name for p in comp.root.iterdir()) == [  # nothing copied
-            "cache", "competition.json", "folds.csv", "test_index.csv", "train_index.csv"]
+            "cache", "competition.json", "folds.csv", "shipped_files.json", "test_index.csv",
+            "train_index.csv"]
         st = (src / "train.csv").stat()
-        assert m["file_check"] == "stat" and m["files"]["train.csv"] == f"{st.st_size}:{st.st_mtime_ns}"
+        assert m["file_check"] == "stat" and comp.shipped_stamps()["train.csv"] == f"{st.st_size}:{st.st_mtime_ns}"
         assert comp.image_path("train", "3") == src / "train" / "3.png"
         assert fetch("toy", data_dir=data, source=tmp_path / "input", n_folds=2)["status"].startswith("no-op")
         with pytest.raises(KitError, match="differs from the folder toy was fetched from"):

@@ -76,7 +76,7 @@ def test_dogs_vs_cats_label_in_file_name_zips_inside_and_positive(tmp_path):
                                "positive": "dog"}
     assert comp.labels().set_index("Id")["label"]["cat.3"] == "cat"
     assert comp.image_path("test", "2") == comp.source_root / "test" / "2.jpg"
-    assert not any(f.endswith(".zip") for f in m["files"])  # train.zip, test.zip unpacked
+    assert not any(f.endswith(".zip") for f in comp.shipped_stamps())  # train.zip, test.zip unpacked
 
 
 def test_zip_inside_the_download_keeps_zip_slip_rules(tmp_path):
