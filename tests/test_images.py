@@ -129,9 +129,11 @@ def test_parallel_decode_equals_serial_and_the_np_save_format(comp, monkeypatch)
 
 def test_interrupted_build_is_resumed_not_restarted(comp, monkeypatch) -> None:
     arr_path, _ = _files(comp)
-    before = arr_path.read_bytes()
-    arr_path.unlink()
     monkeypatch.setattr(cache, "CHUNK_BYTES", 5 * 12 * 10 * 3)
+    arr_path.unlink()
+    cache.build_cache(comp, "train", progress=False, workers=1)  # uninterrupted, 5 chunks
+    before, record = arr_path.read_bytes(), cache._record(arr_path)
+    arr_path.unlink()
     real, calls = cache.decode_chunk, []
 
     def dies_on_third(task):
@@ -149,6 +151,9 @@ def test_interrupted_build_is_resumed_not_restarted(comp, monkeypatch) -> None:
     cache.build_cache(comp, "train", progress=False, workers=1)
     assert calls == [0, 1, 2, 3, 4]  # chunks 0 and 1 were not decoded again
     assert arr_path.read_bytes() == before
+    after = cache._record(arr_path)  # chunk hashes and the pixel histogram: the resumed chunks'
+    assert (after["chunks"], after["histogram"]) == (record["chunks"], record["histogram"])
+    assert len(after["chunks"]) == 5 and sum(after["histogram"][0]) == after["shape"][0] * 12 * 10
     assert sorted(p.name for p in comp.cache_dir.iterdir() if p.name.startswith(".")) == []
 
 
