@@ -222,10 +222,55 @@ def histopathology(folder: Path, n_train=16, n_test=4, sample_value="0") -> Path
     return _zip(folder / "histopathologic-cancer-detection.zip", e)
 
 
+def siim_isic(folder: Path, n_train=24, n_test=4) -> Path:
+    """siim-isic-melanoma-classification (2020): jpeg/train/ISIC_<n>.jpg, jpeg/test/, the same
+    images as DICOM in train/ and test/ (*.dcm) and as tfrecords/*.tfrec (not images kit reads);
+    train.csv `image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,
+    benign_malignant,target` (target 0/1, blanks in the feature columns, several images per
+    patient), test.csv (features, no target), sample `image_name,target` (0: labels or P(malignant)?
+    kit asks for --metric)."""
+    rng = np.random.default_rng(RNG_SEED)
+    names = [f"ISIC_{n}" for n in rng.choice(10**7 - 10**6, n_train + n_test, replace=False) + 10**6]
+    y = (np.arange(n_train) % 3 == 0).astype(int)
+    e = {f"jpeg/train/{n}.jpg": _img(50 + 150 * t, (12, 16), "JPEG") for n, t in zip(names, y, strict=False)}
+    e |= {f"jpeg/test/{n}.jpg": _img(50 + 150 * (j % 2), (12, 16), "JPEG")
+          for j, n in enumerate(names[n_train:])}
+    e |= {f"{'train' if j < n_train else 'test'}/{n}.dcm": b"DICM" + bytes(60) for j, n in enumerate(names)}
+    e["tfrecords/train00-2182.tfrec"] = bytes(64)
+    patients = [f"IP_{1000000 + j // 3}" for j in range(n_train)]
+    e["train.csv"] = _csv(pd.DataFrame({
+        "image_name": names[:n_train], "patient_id": patients,
+        "sex": ["male", "female", ""] * (n_train // 3), "age_approx": ["45.0", "", "60.0"] * (n_train // 3),
+        "anatom_site_general_challenge": ["torso", "head/neck", ""] * (n_train // 3),
+        "diagnosis": np.where(y == 1, "melanoma", "unknown"),
+        "benign_malignant": np.where(y == 1, "malignant", "benign"), "target": y}))
+    e["test.csv"] = _csv(pd.DataFrame({"image_name": names[n_train:], "patient_id": "IP_9000000",
+                                       "sex": "male", "age_approx": "50.0",
+                                       "anatom_site_general_challenge": "torso"}))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"image_name": names[n_train:], "target": 0}))
+    return _zip(folder / "siim-isic-melanoma-classification.zip", e)
+
+
+def aptos(folder: Path, n_train=20, n_test=4) -> Path:
+    """aptos2019-blindness-detection: train_images/<id_code>.png, test_images/ (fundus photos of
+    many sizes), train.csv `id_code,diagnosis` (0-4 severity, quadratic weighted kappa), test.csv
+    `id_code`, sample `id_code,diagnosis` (0)."""
+    rng = np.random.default_rng(RNG_SEED)
+    ids = [_hex(rng, 12) for _ in range(n_train + n_test)]
+    y = np.arange(n_train) % 5
+    e = {f"train_images/{i}.png": _img(40 * t + 20, (10 + j % 3, 12)) for j, (i, t) in enumerate(zip(ids, y, strict=False))}
+    e |= {f"test_images/{i}.png": _img(100, (9, 11 + j)) for j, i in enumerate(ids[n_train:])}
+    e["train.csv"] = _csv(pd.DataFrame({"id_code": ids[:n_train], "diagnosis": y}))
+    e["test.csv"] = _csv(pd.DataFrame({"id_code": ids[n_train:]}))
+    e["sample_submission.csv"] = _csv(pd.DataFrame({"id_code": ids[n_train:], "diagnosis": 0}))
+    return _zip(folder / "aptos2019-blindness-detection.zip", e)
+
+
 COMPS = {"plant-seedlings-classification": plant_seedlings,
          "state-farm-distracted-driver-detection": state_farm,
          "dogs-vs-cats-redux-kernels-edition": dogs_vs_cats, "leaf-classification": leaf,
          "digit-recognizer": digit_recognizer, "cassava-leaf-disease-classification": cassava,
          "plant-pathology-2020-fgvc7": plant_pathology, "imet-2019-fgvc6": imet,
          "humpback-whale-identification": humpback,
-         "histopathologic-cancer-detection": histopathology}
+         "histopathologic-cancer-detection": histopathology,
+         "siim-isic-melanoma-classification": siim_isic, "aptos2019-blindness-detection": aptos}

@@ -158,6 +158,31 @@ def test_histopathology_tif_ids_without_extension(tmp_path):
     assert CompetitionDir.open(tmp_path / "d2", "h2").meta()["metric"] == "roc_auc"
 
 
+def test_siim_isic_target_among_features_dicom_ignored_patient_groups(tmp_path):
+    zip_path = fx_comps.siim_isic(tmp_path / "zips")
+    msg = _error(tmp_path, zip_path)  # sample's target is 0.0 everywhere: labels or P(positive)?
+    assert "pass --metric roc_auc (or log_loss) for probabilities" in msg
+    comp = _fetch(tmp_path, fx_comps.siim_isic, "siim-isic-melanoma-classification",
+                  metric="roc_auc", group_col="patient_id", n_folds=3)
+    m = comp.meta()
+    assert (m["labels_csv"], m["label_col"], m["train_dir"], m["test_dir"]) == (
+        "train.csv", "target", "jpeg/train", "jpeg/test")  # not benign_malignant, not train/*.dcm
+    assert (m["task"], m["metric"], m["submission"]["kind"], m["submission"]["positive"]) == (
+        "binary", "roc_auc", "prob_positive", "1")
+    folds = comp.folds().merge(comp.train_index()[["Id", "group"]], on="Id")
+    assert folds.groupby("group")["fold"].nunique().eq(1).all()  # a patient in one fold only
+    assert m["image_sizes"] == {"12x16": 28}
+
+
+def test_aptos_mixed_sizes_need_image_size_and_qwk(tmp_path):
+    comp = _fetch(tmp_path, fx_comps.aptos, "aptos2019-blindness-detection", metric="qwk")
+    m = comp.meta()
+    assert (m["labels_csv"], m["label_col"], m["train_dir"], m["test_dir"]) == (
+        "train.csv", "diagnosis", "train_images", "test_images")
+    assert (m["metric"], m["classes"], m["submission"]["kind"]) == ("qwk", list("01234"), "label")
+    assert len(m["image_sizes"]) > 1 and m["cache"] == {}  # no native cache: data.image_size
+
+
 def test_integer_ids_keep_leading_zeros(tmp_path):
     ids = ["007", "010", "0100", "100", "0042", "42"]
     e = {f"train/{i}.png": fx_comps._img(10 * k) for k, i in enumerate(ids)}
@@ -218,7 +243,9 @@ MULTICLASS = {"plant-seedlings-classification": [], "digit-recognizer": [],
 OTHERS = {"dogs-vs-cats-redux-kernels-edition": ["--positive", "dog", "--metric", "log_loss"],
           "histopathologic-cancer-detection": ["--metric", "roc_auc"],
           "plant-pathology-2020-fgvc7": [], "imet-2019-fgvc6": [],
-          "humpback-whale-identification": []}
+          "humpback-whale-identification": [],
+          "siim-isic-melanoma-classification": ["--metric", "roc_auc", "--group-col", "patient_id"],
+          "aptos2019-blindness-detection": ["--metric", "qwk"]}
 
 
 @pytest.mark.slow  # ~5 s per competition: fetch, 1 epoch x 2 folds at 16 px, submit --dry-run
