@@ -13,15 +13,19 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
+from kaggle_kit.metrics import set_sep, split_set
 from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
 
 
 def make_folds(labels: pd.DataFrame, n_folds: int, seed: int, multilabel: bool = False,
-               groups: pd.Series | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """labels (Id, label in CSV order) -> (Id, label, fold), warnings. Shuffled with `seed`."""
+               groups: pd.Series | None = None,
+               classes: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """labels (Id, label in CSV order) -> (Id, label, fold), warnings. Shuffled with `seed`.
+    `classes`: the competition's (multilabel sets are split as metrics.set_sep says)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-    key = _rarest_label(labels["label"], n_folds) if multilabel else labels["label"]
+    sep = set_sep(classes or [])
+    key = _rarest_label(labels["label"], n_folds, sep) if multilabel else labels["label"]
     counts = key.value_counts()
     rare = key.isin(counts.index[counts < n_folds]) if not multilabel else key.map(lambda _: False)
     fold = np.full(len(labels), -1, dtype=int)
@@ -50,10 +54,10 @@ def make_folds(labels: pd.DataFrame, n_folds: int, seed: int, multilabel: bool =
                          "fold": fold}), warnings
 
 
-def _rarest_label(labels: pd.Series, n_folds: int) -> pd.Series:
+def _rarest_label(labels: pd.Series, n_folds: int, sep: str = " ") -> pd.Series:
     """Each multilabel row's rarest label (by how many rows carry it); strata smaller than the
     fold count are pooled so StratifiedKFold can split them."""
-    sets = labels.str.split()
+    sets = labels.map(lambda v: split_set(v, sep))
     freq = pd.Series([t for s in sets for t in s]).value_counts()
     key = sets.map(lambda s: min(s, key=lambda t: (freq[t], t)) if s else "")
     small = key.map(key.value_counts()) < n_folds
@@ -69,6 +73,7 @@ def write_folds(comp: CompetitionDir, n_folds: int, seed: int,
     group = meta.get("group_col")
     folds, warnings = make_folds(index[["Id", "label"]], n_folds, seed,
                                  multilabel=meta.get("task") == "multilabel",
-                                 groups=index["group"] if group else None)
+                                 groups=index["group"] if group else None,
+                                 classes=meta.get("classes"))
     write_csv(comp.folds_path, folds)
     return {"k": n_folds, "seed": seed, "sha256": sha256_file(comp.folds_path)}, warnings

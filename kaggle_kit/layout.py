@@ -139,7 +139,8 @@ def _detect_files(src: Path, csvs: list[str], sample: str, sub: pd.DataFrame,
 
 def _pick_labels_csv(root: Path, csvs: list[str], sub: pd.DataFrame, hints: dict) -> str | None:
     """The CSV with the training labels; None when there is none (folder / file-name labels).
-    Prefers CSVs holding the sample's Id column, then ones named like train/label."""
+    Prefers CSVs holding the sample's Id column, then the sample's target columns, then ones
+    named like train/label."""
     cols = {c: set(read_csv(root / c, nrows=0).columns) for c in csvs}
     cands = [c for c in csvs if len(cols[c]) > 1]
     want = {c for c in (hints["id_col"], hints["label_col"]) if c}
@@ -150,6 +151,9 @@ def _pick_labels_csv(root: Path, csvs: list[str], sub: pd.DataFrame, hints: dict
         cands = [c for c in cands if sub.columns[0] in cols[c]] or named(cands)
         if not cands:
             return None
+    if len(cands) > 1:  # the one holding the sample's target columns (ranzcr: train.csv, not
+        targets = set(sub.columns[1:])  # train_annotations.csv with the same Id column)
+        cands = [c for c in cands if targets <= cols[c]] or cands
     if len(cands) > 1:
         cands = named(cands) or cands
     if len(cands) != 1:

@@ -41,12 +41,13 @@ def read_labels(csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str,
                 hint: str | None, group_col: str | None) -> tuple[pd.Series, str, bool]:
     """(label per row as str, the label column(s), multilabel?). One-hot columns named like the
     sample's (plant-pathology) -> the space-joined set of columns that hold 1; a column of
-    space-separated lists (iMet) -> the sorted set. Multilabel labels are space-joined sets."""
+    space-separated lists (iMet) -> the sorted set. Multilabel labels are sets joined as metrics.set_sep says."""
     rest = [c for c in sub.columns[1:]]
     if hint is None and len(rest) >= 2 and set(rest) <= set(df.columns) and \
             df[rest].isin(["0", "1", "0.0", "1.0"]).all().all():
         onehot = df[rest].astype(float).astype(int)
-        labels = onehot.apply(lambda r: " ".join(sorted(c for c in rest if r[c] == 1)), axis=1)
+        sep = _onehot_sep(csv, rest)
+        labels = onehot.apply(lambda r: sep.join(sorted(c for c in rest if r[c] == 1)), axis=1)
         return labels, ",".join(rest), True
     col = hint or _pick_label_col(csv, df, sub, id_col, group_col)
     if col not in df.columns:
@@ -57,6 +58,19 @@ def read_labels(csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str,
     if multi.map(len).max() > 1 and len(tokens) < labels.nunique():  # lists share their tokens
         return multi.map(lambda v: " ".join(sorted(set(v)))), col, True
     return labels, col, False
+
+
+def _onehot_sep(csv: str, columns: list[str]) -> str:
+    """The set separator for one-hot class columns (metrics.set_sep); a name holding both
+    whitespace and '|' cannot be written either way."""
+    from kaggle_kit.metrics import set_sep
+
+    sep = set_sep(columns)
+    bad = [c for c in columns if sep in c]
+    if bad:
+        raise KitError(f"{csv}: class column {bad[0]!r} holds both a space and '|'; rename the "
+                       "column in the label CSV and the sample alike")
+    return sep
 
 
 def _pick_label_col(csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str,
@@ -87,7 +101,13 @@ def detect_target(sample: str, sub: pd.DataFrame, labels: pd.Series, multilabel:
                   labels_file: str, metric: str | None, positive: str | None) -> dict:
     """task, metric, classes and the submission format, from the train labels and the sample."""
     metric = check_metric(metric)
-    classes = sorted({t for v in labels for t in v.split()} if multilabel else set(labels))
+    if multilabel:
+        from kaggle_kit.metrics import split_set
+
+        sep = _onehot_sep(sample, list(sub.columns[1:])) if len(sub.columns) > 2 else " "
+        classes = sorted({t for v in labels for t in split_set(v, sep)})
+    else:
+        classes = sorted(set(labels))
     if len(classes) < 2:
         raise KitError(f"{labels_file}: only {len(classes)} class ({classes}); a classifier "
                        "needs two or more")

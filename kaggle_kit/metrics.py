@@ -3,7 +3,8 @@ submit import it; it imports none of them).
 
 Targets `y` come in two shapes:
   - single-label tasks ("multiclass", "binary"): (n,) int class indices into the sorted class list;
-  - "multilabel": (n, C) 0/1 indicators (folds.csv `label` = space-joined set of class values).
+  - "multilabel": (n, C) 0/1 indicators (folds.csv `label` = the set of class values,
+    joined as `set_sep` says).
 Probabilities `probs` are (n, C), one column per class in class order (multilabel: independent
 sigmoid probabilities, rows need not sum to 1).
 
@@ -82,10 +83,21 @@ def better(metric: str, a: float, b: float) -> bool:
 # ----------------------------------------------------------------------------- targets
 
 
+def set_sep(classes: list[str]) -> str:
+    """How folds.csv writes a multilabel set: space-joined, or '|'-joined when a class name holds
+    whitespace (one-hot columns such as ranzcr's 'ETT - Abnormal'); fixed by the class list."""
+    return "|" if any(any(ch.isspace() for ch in c) for c in classes) else " "
+
+
+def split_set(value: str, sep: str) -> list[str]:
+    """The classes of one multilabel set written with `sep` (see `set_sep`); '' is the empty set."""
+    return value.split() if sep == " " else [t for t in value.split(sep) if t]
+
+
 def encode_targets(labels: pd.Series, ids: pd.Index, classes: list[str], task: str = "multiclass",
                    source: str = "oof") -> np.ndarray:
     """Targets of `ids` (joined by Id, never by position) from `labels` (class values indexed by
-    Id; multilabel: space-separated sets): (n,) class indices, or (n, C) 0/1 for multilabel.
+    Id; multilabel: sets joined by `set_sep(classes)`): (n,) class indices, or (n, C) 0/1 for multilabel.
     Raises a one-line KitError naming the first Id without a label or the unknown labels."""
     labels = labels.copy()
     labels.index = labels.index.astype(str)
@@ -96,7 +108,8 @@ def encode_targets(labels: pd.Series, ids: pd.Index, classes: list[str], task: s
     y = labels.reindex(ids).astype(str)
     index = {c: i for i, c in enumerate(classes)}
     if task == "multilabel":
-        sets = [s.split() for s in y]
+        sep = set_sep(classes)
+        sets = [split_set(s, sep) for s in y]
         unknown = sorted({t for s in sets for t in s} - set(index))
         if unknown:
             raise KitError(f"{source}: labels {unknown[:5]} are not in the classes {classes[:20]}")
@@ -256,7 +269,7 @@ def oof_scores(oof: pd.DataFrame, labels: pd.Series, classes: list[str],
     """Scores of out-of-fold probabilities.
 
     oof: indexed by Id (str), a `fold` column and one probability column per class.
-    labels: class values indexed by Id (multilabel: space-separated sets); joined by Id.
+    labels: class values indexed by Id (multilabel: sets, see `set_sep`); joined by Id.
     Returns {"cv": {"accuracy", "log_loss", "accuracy_std", metric, "<metric>_std"},  # std over
              "per_fold": [{"fold", "accuracy", "log_loss", metric}],   # folds (ddof=0), by fold
              "per_class": {class: recall or None if the class has no OOF image}}

@@ -35,7 +35,7 @@ def summarize(ctx: Ctx, preds: dict[str, dict], t_start: float) -> dict:
                or m.startswith("fold" if rec.cv.test_from == "folds" else "refit")]
     test = pd.DataFrame(np.mean([preds[m]["test"] for m in members], axis=0),
                         index=pd.Index(ctx.test_ids, name="Id"), columns=classes)
-    labels = ctx.labels  # class values by Id (multilabel: space-joined sets)
+    labels = ctx.labels  # class values by Id (multilabel: sets, metrics.set_sep)
     scores = metrics.oof_scores(oof, labels, classes, ctx.metric, ctx.task) if len(oof) else {
         "cv": None, "cv_note": "no CV estimate: a refit-only run (cv.folds=[]) has no "
         "out-of-fold predictions, so test.csv's score is unknown until Kaggle scores it"}

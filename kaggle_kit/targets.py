@@ -14,7 +14,7 @@ from kaggle_kit import KitError, metrics
 
 def encode(folds: pd.DataFrame, classes: list[str], task: str, source: str) -> np.ndarray:
     """Targets of folds.csv rows (Id, label): (N,) int64 class indices, or (N, C) float32 0/1
-    for multilabel (label = space-joined set of class values)."""
+    for multilabel (label = a set of class values, metrics.set_sep)."""
     y = metrics.encode_targets(folds.set_index("Id")["label"], pd.Index(folds["Id"]), classes,
                                task, source)
     return y.astype(np.float32) if task == "multilabel" else y.astype(np.int64)

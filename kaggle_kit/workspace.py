@@ -233,7 +233,7 @@ class CompetitionDir:
 
     def labels(self) -> pd.DataFrame:
         """Train labels as a DataFrame with columns Id (str), label (str), in CSV order
-        (multilabel: the space-joined sorted set of class values)."""
+        (multilabel: the sorted set of class values, joined as metrics.set_sep says)."""
         m = self.meta()
         if "index" not in m:  # a competition.json written by hand (tests) without kit's index
             df = pd.read_csv(self.source_root / m["labels_csv"], dtype=str, keep_default_na=False)
@@ -280,9 +280,11 @@ class CompetitionDir:
             i = int(bad.to_numpy().argmax())
             raise KitError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]!r} is not an integer; "
                            f"remake it with {refold}")
+        from kaggle_kit.metrics import set_sep, split_set
+
         classes = set(meta.get("classes") or [])
-        # multilabel: label is the space-joined set of class values (docs/design.md sec. 1)
-        unknown = df["label"].map(lambda v: v not in classes and not set(v.split()) <= classes)
+        sep = set_sep(list(classes))  # multilabel: a set of class values (docs/design.md sec. 1)
+        unknown = df["label"].map(lambda v: v not in classes and not set(split_set(v, sep)) <= classes)
         if classes and unknown.any():
             i = int(unknown.to_numpy().argmax())
             raise KitError(f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} is not a class of "

@@ -266,6 +266,32 @@ def aptos(folder: Path, n_train=20, n_test=4) -> Path:
     return _zip(folder / "aptos2019-blindness-detection.zip", e)
 
 
+RANZCR = ["ETT - Abnormal", "ETT - Borderline", "ETT - Normal", "NGT - Abnormal", "CVC - Normal",
+          "Swan Ganz Catheter Present"]
+
+
+def ranzcr(folder: Path, n_train=24, n_test=4) -> Path:
+    """ranzcr-clip-catheter-line-classification: train/<StudyInstanceUID>.jpg (dotted UIDs),
+    test/, train.csv `StudyInstanceUID,<11 one-hot columns whose names hold spaces: 'ETT -
+    Abnormal' ...>,PatientID`, train_annotations.csv `StudyInstanceUID,label,data` (line
+    coordinates for a few images: the same Id column), sample `StudyInstanceUID,<the columns>` (0)."""
+    rng = np.random.default_rng(RNG_SEED)
+    uids = [f"1.2.826.0.1.3680043.8.498.{n}" for n in rng.choice(10**10, n_train + n_test, replace=False) + 10**10]
+    onehot = np.array([[int((i + j) % 4 == 0) for j in range(len(RANZCR))] for i in range(n_train)])
+    e = {f"train/{u}.jpg": _img(40 + 30 * int(np.argmax(r)), (8, 8), "JPEG") for u, r in zip(uids, onehot, strict=False)}
+    e |= {f"test/{u}.jpg": _img(40 + 30 * j, (8, 8), "JPEG") for j, u in enumerate(uids[n_train:])}
+    train = pd.DataFrame(onehot, columns=RANZCR)
+    train.insert(0, "StudyInstanceUID", uids[:n_train])
+    train["PatientID"] = [f"ec{i // 3:07d}" for i in range(n_train)]
+    e["train.csv"] = _csv(train)
+    e["train_annotations.csv"] = _csv(pd.DataFrame({"StudyInstanceUID": uids[:2], "label": ["ETT - Normal"] * 2,
+                                                    "data": ["[[1, 2], [3, 4]]"] * 2}))
+    sample = pd.DataFrame(0, index=range(n_test), columns=RANZCR)
+    sample.insert(0, "StudyInstanceUID", uids[n_train:])
+    e["sample_submission.csv"] = _csv(sample)
+    return _zip(folder / "ranzcr-clip-catheter-line-classification.zip", e)
+
+
 COMPS = {"plant-seedlings-classification": plant_seedlings,
          "state-farm-distracted-driver-detection": state_farm,
          "dogs-vs-cats-redux-kernels-edition": dogs_vs_cats, "leaf-classification": leaf,
@@ -273,4 +299,5 @@ COMPS = {"plant-seedlings-classification": plant_seedlings,
          "plant-pathology-2020-fgvc7": plant_pathology, "imet-2019-fgvc6": imet,
          "humpback-whale-identification": humpback,
          "histopathologic-cancer-detection": histopathology,
-         "siim-isic-melanoma-classification": siim_isic, "aptos2019-blindness-detection": aptos}
+         "siim-isic-melanoma-classification": siim_isic, "aptos2019-blindness-detection": aptos,
+         "ranzcr-clip-catheter-line-classification": ranzcr}

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from kaggle_kit import KitError
+from kaggle_kit import KitError, targets
 from kaggle_kit.cli import app
 from kaggle_kit.fetch import fetch
 from kaggle_kit.images import load_cache
@@ -183,6 +183,19 @@ def test_aptos_mixed_sizes_need_image_size_and_qwk(tmp_path):
     assert len(m["image_sizes"]) > 1 and m["cache"] == {}  # no native cache: data.image_size
 
 
+def test_ranzcr_one_hot_class_names_with_spaces_and_a_second_csv_with_the_ids(tmp_path):
+    comp = _fetch(tmp_path, fx_comps.ranzcr, "ranzcr-clip-catheter-line-classification",
+                  group_col="PatientID", n_folds=3)
+    m = comp.meta()
+    assert m["labels_csv"] == "train.csv"  # not train_annotations.csv, which has the Ids too
+    assert (m["task"], m["metric"], m["submission"]["kind"]) == ("multilabel", "macro_auc", "prob")
+    assert m["classes"] == sorted(fx_comps.RANZCR)  # whole names, not 'ETT', '-', 'Abnormal'
+    folds = comp.folds()  # sets of names with spaces are '|'-joined
+    assert folds.set_index("Id")["label"].iloc[0] == "CVC - Normal|ETT - Abnormal"
+    y = targets.encode(folds, m["classes"], "multilabel", "folds.csv")
+    assert y.shape == (24, 6) and y.sum() == 36
+
+
 def test_integer_ids_keep_leading_zeros(tmp_path):
     ids = ["007", "010", "0100", "100", "0042", "42"]
     e = {f"train/{i}.png": fx_comps._img(10 * k) for k, i in enumerate(ids)}
@@ -245,7 +258,8 @@ OTHERS = {"dogs-vs-cats-redux-kernels-edition": ["--positive", "dog", "--metric"
           "plant-pathology-2020-fgvc7": [], "imet-2019-fgvc6": [],
           "humpback-whale-identification": [],
           "siim-isic-melanoma-classification": ["--metric", "roc_auc", "--group-col", "patient_id"],
-          "aptos2019-blindness-detection": ["--metric", "qwk"]}
+          "aptos2019-blindness-detection": ["--metric", "qwk"],
+          "ranzcr-clip-catheter-line-classification": ["--group-col", "PatientID"]}
 
 
 @pytest.mark.slow  # ~5 s per competition: fetch, 1 epoch x 2 folds at 16 px, submit --dry-run
