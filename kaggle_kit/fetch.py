@@ -22,7 +22,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kaggle_kit import KitError
 from kaggle_kit.folds import write_folds
@@ -30,6 +32,9 @@ from kaggle_kit.layout import JUNK, decode_all, detect_layout, image_sizes
 from kaggle_kit.layout_target import check_metric
 from kaggle_kit.unzip import unpack
 from kaggle_kit.workspace import CompetitionDir, sha256_file, write_csv
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def fetch(competition: str, *, data_dir: Path = Path("data"), source: Path | None = None,
@@ -182,18 +187,12 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
     src = comp.root / source if source == "files" else Path(source)
     layout, train, test, warnings = detect_layout(src, comp.root, hints)
     img_root = str(comp.root if layout["image_root"] == "kit" else src)
-
-    def paths():  # str paths, made as read: a list of 100,000 Path objects holds ~50 MB
-        for split in (train, test):
-            for p in split["path"]:
-                yield os.path.join(img_root, p)
-
-    sizes = image_sizes(paths())
+    sizes = image_sizes(_image_paths(img_root, train, test))
     if len(sizes) > 1:
         warnings.append(f"{layout['train_dir']}, {layout['test_dir']}: images have mixed sizes "
                         f"{sizes}; no native cache is built: set data.image_size in the recipe "
                         "so they are resized to one size")
-        decode_all(paths())  # no cache to catch a truncated image
+        decode_all(_image_paths(img_root, train, test))  # no cache to catch a truncated image
     write_csv(comp.index_path("train"), train)
     write_csv(comp.index_path("test"), test)
     n_train, n_test = len(train), len(test)
@@ -215,6 +214,12 @@ def _build(comp: CompetitionDir, name: str, n_folds: int, seed: int, hints: dict
         meta["cache"] = _build_caches(comp)
     comp.write_meta(meta)
     return _summary(meta, warnings, sum(c["decode_s"] for c in meta["cache"].values()))
+
+
+def _image_paths(root: str, *index: pd.DataFrame) -> Iterator[str]:
+    """The image paths of index frames, made as read (a list of 100,000 Path objects holds
+    ~50 MB)."""
+    return (os.path.join(root, p) for frame in index for p in frame["path"])
 
 
 def shipped_files(src: Path) -> list[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from kaggle_kit import KitError
+from kaggle_kit.metrics import set_sep, split_set
 
 PROB_METRICS = {"log_loss", "roc_auc", "macro_auc"}  # scored on probabilities, not labels
 
@@ -40,8 +41,8 @@ def check_metric(name: str | None) -> str | None:
 def read_labels(csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str,
                 hint: str | None, group_col: str | None) -> tuple[pd.Series, str, bool]:
     """(label per row as str, the label column(s), multilabel?). One-hot columns named like the
-    sample's (plant-pathology) -> the space-joined set of columns that hold 1; a column of
-    space-separated lists (iMet) -> the sorted set. Multilabel labels are sets joined as metrics.set_sep says."""
+    sample's (plant-pathology) -> the set of columns that hold 1; a column of
+    space-separated lists (iMet) -> the sorted set. Sets are joined as metrics.set_sep says."""
     rest = [c for c in sub.columns[1:]]
     if hint is None and len(rest) >= 2 and set(rest) <= set(df.columns) and \
             df[rest].isin(["0", "1", "0.0", "1.0"]).all().all():
@@ -63,8 +64,6 @@ def read_labels(csv: str, df: pd.DataFrame, sub: pd.DataFrame, id_col: str,
 def _onehot_sep(csv: str, columns: list[str]) -> str:
     """The set separator for one-hot class columns (metrics.set_sep); a name holding both
     whitespace and '|' cannot be written either way."""
-    from kaggle_kit.metrics import set_sep
-
     sep = set_sep(columns)
     bad = [c for c in columns if sep in c]
     if bad:
@@ -101,10 +100,8 @@ def detect_target(sample: str, sub: pd.DataFrame, labels: pd.Series, multilabel:
                   labels_file: str, metric: str | None, positive: str | None) -> dict:
     """task, metric, classes and the submission format, from the train labels and the sample."""
     metric = check_metric(metric)
-    if multilabel:
-        from kaggle_kit.metrics import split_set
-
-        sep = _onehot_sep(sample, list(sub.columns[1:])) if len(sub.columns) > 2 else " "
+    if multilabel:  # one-hot sample: sets joined as read_labels joined its columns
+        sep = set_sep(list(sub.columns[1:])) if len(sub.columns) > 2 else " "
         classes = sorted({t for v in labels for t in split_set(v, sep)})
     else:
         classes = sorted(set(labels))

@@ -97,7 +97,8 @@ def split_set(value: str, sep: str) -> list[str]:
 def encode_targets(labels: pd.Series, ids: pd.Index, classes: list[str], task: str = "multiclass",
                    source: str = "oof") -> np.ndarray:
     """Targets of `ids` (joined by Id, never by position) from `labels` (class values indexed by
-    Id; multilabel: sets joined by `set_sep(classes)`): (n,) class indices, or (n, C) 0/1 for multilabel.
+    Id; multilabel: sets joined by `set_sep(classes)`): (n,) class indices, or (n, C) 0/1 for
+    multilabel.
     Raises a one-line KitError naming the first Id without a label or the unknown labels."""
     labels = labels.copy()
     labels.index = labels.index.astype(str)

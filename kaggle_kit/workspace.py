@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_kit import KitError
+from kaggle_kit.metrics import set_sep, split_set
 
 # ----------------------------------------------------------------------------- atomic writes
 
@@ -168,7 +169,7 @@ class CompetitionDir:
     def write_shipped(self, files: dict[str, str]) -> dict:
         """Write the shipped-file stamps (compact, sorted JSON: its sha256 is the data hash runs
         record) and return competition.json's "shipped_files" record {"path", "n", "sha256"}."""
-        text = json.dumps(files, sort_keys=True)
+        text = _stamps_text(files)
         write_text(self.shipped_path, text)
         return {"path": self.shipped_path.name, "n": len(files),
                 "sha256": hashlib.sha256(text.encode()).hexdigest()}
@@ -193,7 +194,7 @@ class CompetitionDir:
         if "shipped_files" in meta:
             return meta["shipped_files"]["sha256"]
         # fetched by an older kit (inline "files") or written by hand: the same definition
-        return hashlib.sha256(json.dumps(meta.get("files", {}), sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(_stamps_text(meta.get("files", {})).encode()).hexdigest()
 
     @property
     def cache_dir(self) -> Path:
@@ -280,11 +281,10 @@ class CompetitionDir:
             i = int(bad.to_numpy().argmax())
             raise KitError(f"{path}: line {i + 2}: fold {df['fold'].iloc[i]!r} is not an integer; "
                            f"remake it with {refold}")
-        from kaggle_kit.metrics import set_sep, split_set
-
         classes = set(meta.get("classes") or [])
         sep = set_sep(list(classes))  # multilabel: a set of class values (docs/design.md sec. 1)
-        unknown = df["label"].map(lambda v: v not in classes and not set(split_set(v, sep)) <= classes)
+        unknown = df["label"].map(
+            lambda v: v not in classes and not set(split_set(v, sep)) <= classes)
         if classes and unknown.any():
             i = int(unknown.to_numpy().argmax())
             raise KitError(f"{path}: line {i + 2}: label {df['label'].iloc[i]!r} is not a class of "
@@ -331,7 +331,13 @@ class CompetitionDir:
             ids = self.labels()["Id"] if split == "train" else self.test_ids()
             return [str(self.image_path(split, i)) for i in ids]
         root = str(self.image_root)
-        return [os.path.join(root, p) for p in _read_index(self.index_path(split), self.name)["path"]]
+        index = _read_index(self.index_path(split), self.name)
+        return [os.path.join(root, p) for p in index["path"]]
+
+
+def _stamps_text(files: dict[str, str]) -> str:
+    """shipped_files.json's text: compact JSON with sorted keys (its sha256 is runs' data hash)."""
+    return json.dumps(files, sort_keys=True)
 
 
 _INDEX_CACHE: dict[Path, tuple[tuple[int, int], dict[str, str]]] = {}

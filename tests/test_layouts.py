@@ -196,6 +196,14 @@ def test_ranzcr_one_hot_class_names_with_spaces_and_a_second_csv_with_the_ids(tm
     assert y.shape == (24, 6) and y.sum() == 36
 
 
+def test_one_hot_class_name_with_a_space_and_a_bar_is_refused(tmp_path):
+    src = fx_comps.ranzcr(tmp_path / "zips")
+    bad = _rewrite_csvs(src, tmp_path / "bad.zip",
+                        lambda name, data: data.replace(b"ETT - Abnormal", b"ETT | Abnormal"))
+    msg = _error(tmp_path, bad)
+    assert "train.csv: class column 'ETT | Abnormal' holds both a space and '|'" in msg
+
+
 def test_integer_ids_keep_leading_zeros(tmp_path):
     ids = ["007", "010", "0100", "100", "0042", "42"]
     e = {f"train/{i}.png": fx_comps._img(10 * k) for k, i in enumerate(ids)}
